@@ -1,0 +1,85 @@
+"""What every supported architecture provides.
+
+Each family lives in one file with its model class. The class carries its own key-set detector and
+its hyperparameter inference (read from tensor shapes), so adding a family means adding one file and
+one line in the registry.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from glmha.config import StrictConfig
+from glmha.errors import ArchitectureError
+
+
+class CSALayer(nn.Module):
+    """Base of every channel-wise self-attention module: C channels split head-major into heads."""
+
+    channels: int
+    num_heads: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.channels // self.num_heads
+
+
+class RestorationModel(nn.Module):
+    """Base of the project's model classes: a config, detection and inference from state dicts."""
+
+    family: ClassVar[str]
+    title: ClassVar[str]
+    config_class: ClassVar[type[StrictConfig]]
+    config: Any
+
+    @classmethod
+    def detect(cls, keys: Iterable[str]) -> bool:
+        """Cheap test on key names: could this state dict belong to the family?"""
+        raise NotImplementedError
+
+    @classmethod
+    def infer_config(cls, state_dict: Mapping[str, torch.Tensor]) -> StrictConfig:
+        """Read every hyperparameter from tensor shapes and counts."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, config: StrictConfig) -> RestorationModel:
+        return cls(**config.to_dict())
+
+    def check_input_size(self, height: int, width: int) -> None:
+        """Raise InputShapeError when the model cannot take an image of this size."""
+        raise NotImplementedError
+
+    def example_inputs(
+        self, height: int, width: int, *, batch: int = 1, device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> tuple[torch.Tensor, ...]:
+        """Zero tensors shaped like the forward arguments for an image of this size."""
+        raise NotImplementedError
+
+    def csa_layers(self) -> list[tuple[str, CSALayer]]:
+        return [(name, m) for name, m in self.named_modules() if isinstance(m, CSALayer)]
+
+
+def count_indices(keys: Iterable[str], prefix: str) -> int:
+    """Number of consecutive children `prefix.0`, `prefix.1`, ... present in the keys."""
+    pattern = re.compile(re.escape(prefix) + r"\.(\d+)\.")
+    found = {int(m.group(1)) for key in keys if (m := pattern.match(key))}
+    count = 0
+    while count in found:
+        count += 1
+    if found and count != len(found):
+        raise ArchitectureError(f"indices under '{prefix}' are not consecutive: {sorted(found)}")
+    return count
+
+
+def shape_of(state_dict: Mapping[str, torch.Tensor], key: str) -> tuple[int, ...]:
+    try:
+        return tuple(state_dict[key].shape)
+    except KeyError:
+        raise ArchitectureError(f"missing key '{key}'") from None

@@ -1,0 +1,102 @@
+"""MST (Cai et al., CVPR 2022) for CASSI snapshot compressive imaging: MST-S/M/L.
+
+`model(x, mask)`: x is the shifted-back measurement (b, 28, H, H), mask the shifted 3-D mask
+"Phi" (b, 28, H, W'), e.g. 256x310 at 256x256. The network's shift-back hard-codes 256, so inputs
+must be square and at most 256 pixels high.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import torch
+
+from glmha.archs.base import RestorationModel, count_indices, shape_of
+from glmha.archs.spectral_blocks import SpectralUNet, shift_back_offsets
+from glmha.config import StrictConfig
+from glmha.errors import ArchitectureError, InputShapeError
+
+
+@dataclass(frozen=True)
+class MSTConfig(StrictConfig):
+    dim: int = 28
+    stage: int = 2
+    num_blocks: tuple[int, ...] = (4, 7, 5)  # MST-L; MST-S is (2, 2, 2), MST-M (2, 4, 4)
+    bands: int = 28  # channels of the measurement and of the output (official: fixed 28)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if min(self.dim, self.bands) < 1 or self.stage < 0:
+            raise ArchitectureError("MST: dim and bands must be >= 1, stage >= 0")
+        if len(self.num_blocks) != self.stage + 1 or min(self.num_blocks) < 0:
+            raise ArchitectureError("MST: num_blocks needs stage + 1 block counts >= 0")
+
+
+class MST(SpectralUNet, RestorationModel):
+    family = "mst"
+    title = "MST"
+    config_class = MSTConfig
+
+    def __init__(self, **kwargs: object) -> None:
+        cfg = MSTConfig(**kwargs)  # type: ignore[arg-type]
+        super().__init__(cfg.bands, cfg.bands, cfg.dim, cfg.num_blocks, masked=True)
+        self.config = cfg
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (b, bands, H, H), mask (b, dim, H, W'); a missing mask is all zeros, as officially."""
+        height, width = x.shape[-2:]
+        self.check_input_size(height, width)
+        if mask is None:
+            mask = x.new_zeros(1, self.config.dim, height, self.mask_width(height))
+        elif mask.shape[1] != self.config.dim or mask.shape[2] != height:
+            raise InputShapeError(
+                f"MST mask must be (b, {self.config.dim}, {height}, W'); got {tuple(mask.shape)}"
+            )
+        return super().forward(x, mask)
+
+    def mask_width(self, height: int) -> int:
+        """Narrowest shifted-mask width W' that every level's shift-back can read (310 at 256)."""
+        cfg = self.config
+        width = height + shift_back_offsets(height, cfg.dim)[-1]
+        while True:
+            level_width, ok = width, True
+            for level in range(cfg.stage + 1):
+                side = height >> level
+                channels = cfg.dim << level
+                if level_width < side + shift_back_offsets(side, channels)[-1]:
+                    ok = False
+                    break
+                level_width //= 2  # 4x4 stride-2 pad-1 conv
+            if ok:
+                return width
+            width += 1
+
+    @classmethod
+    def detect(cls, keys: Iterable[str]) -> bool:
+        keys = set(keys)
+        masked = "encoder_layers.0.2.weight" in keys or any(".mm.conv1.weight" in k for k in keys)
+        return {"embedding.weight", "mapping.weight"} <= keys and masked
+
+    @classmethod
+    def infer_config(cls, state_dict: Mapping[str, torch.Tensor]) -> MSTConfig:
+        keys = list(state_dict)
+        dim, bands = shape_of(state_dict, "embedding.weight")[:2]
+        stage = count_indices(keys, "encoder_layers")
+        blocks = [count_indices(keys, f"encoder_layers.{level}.0.blocks") for level in range(stage)]
+        blocks.append(count_indices(keys, "bottleneck.blocks"))
+        return MSTConfig(dim=dim, stage=stage, num_blocks=tuple(blocks), bands=bands)
+
+    def check_input_size(self, height: int, width: int) -> None:
+        factor = 2**self.config.stage
+        if height != width or height > 256 or height < factor or height % factor:
+            raise InputShapeError(
+                f"MST needs square inputs of at most 256x256 with sides divisible by {factor} "
+                f"(its shift-back hard-codes 256); got {height}x{width}"
+            )
+
+    def example_inputs(self, height, width, *, batch=1, device="cpu", dtype=torch.float32):
+        self.check_input_size(height, width)
+        x = torch.zeros(batch, self.config.bands, height, width, device=device, dtype=dtype)
+        mask = torch.zeros(batch, self.config.dim, height, self.mask_width(height), device=device, dtype=dtype)
+        return (x, mask)

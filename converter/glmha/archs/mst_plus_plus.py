@@ -1,0 +1,99 @@
+"""MST++ (Cai et al., NTIRE 2022 winner): RGB to 31-band spectral reconstruction.
+
+`stage` MST U-Nets in sequence between a 3x3 input and output conv, with a global residual; the
+input is reflect-padded to a multiple of 8 and the output cropped back. The official code ignores
+`n_feat` inside its stages (hard-coded 31); here the stages use `n_feat`, which is the same model
+for every published checkpoint (n_feat = 31).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from glmha.archs.base import RestorationModel, count_indices, shape_of
+from glmha.archs.spectral_blocks import SpectralUNet
+from glmha.config import StrictConfig
+from glmha.errors import ArchitectureError, InputShapeError
+
+PAD_MULTIPLE = 8
+
+
+@dataclass(frozen=True)
+class MSTPlusPlusConfig(StrictConfig):
+    in_channels: int = 3
+    out_channels: int = 31
+    n_feat: int = 31
+    stage: int = 3
+    stage_blocks: tuple[int, ...] = (1, 1, 1)  # blocks per level of each inner MST (official: fixed)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if min(self.in_channels, self.out_channels, self.n_feat, self.stage) < 1:
+            raise ArchitectureError("MST++: channels and stage must be >= 1")
+        if self.out_channels != self.n_feat:
+            raise ArchitectureError("MST++: out_channels must equal n_feat (global residual)")
+        if not 1 <= len(self.stage_blocks) <= 4 or min(self.stage_blocks) < 0:
+            raise ArchitectureError("MST++: stage_blocks needs 1 to 4 block counts >= 0")
+
+
+class MSTPlusPlus(RestorationModel):
+    family = "mst_plus_plus"
+    title = "MST++"
+    config_class = MSTPlusPlusConfig
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__()
+        cfg = self.config = MSTPlusPlusConfig(**kwargs)  # type: ignore[arg-type]
+        self.conv_in = nn.Conv2d(cfg.in_channels, cfg.n_feat, 3, padding=1, bias=False)
+        self.body = nn.Sequential(*[
+            SpectralUNet(cfg.n_feat, cfg.n_feat, cfg.n_feat, cfg.stage_blocks, masked=False)
+            for _ in range(cfg.stage)
+        ])
+        self.conv_out = nn.Conv2d(cfg.n_feat, cfg.out_channels, 3, padding=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        pad_h = (PAD_MULTIPLE - height % PAD_MULTIPLE) % PAD_MULTIPLE
+        pad_w = (PAD_MULTIPLE - width % PAD_MULTIPLE) % PAD_MULTIPLE
+        x = F.pad(x, [0, pad_w, 0, pad_h], mode="reflect")
+        x = self.conv_in(x)
+        out = self.conv_out(self.body(x)) + x
+        return out[:, :, :height, :width]
+
+    @classmethod
+    def detect(cls, keys: Iterable[str]) -> bool:
+        return {"conv_in.weight", "conv_out.weight", "body.0.embedding.weight"} <= set(keys)
+
+    @classmethod
+    def infer_config(cls, state_dict: Mapping[str, torch.Tensor]) -> MSTPlusPlusConfig:
+        keys = list(state_dict)
+        n_feat, in_channels = shape_of(state_dict, "conv_in.weight")[:2]
+        inner_stage = count_indices(keys, "body.0.encoder_layers")
+        blocks = [count_indices(keys, f"body.0.encoder_layers.{level}.0.blocks") for level in range(inner_stage)]
+        blocks.append(count_indices(keys, "body.0.bottleneck.blocks"))
+        return MSTPlusPlusConfig(
+            in_channels=in_channels,
+            out_channels=shape_of(state_dict, "conv_out.weight")[0],
+            n_feat=n_feat,
+            stage=count_indices(keys, "body"),
+            stage_blocks=tuple(blocks),
+        )
+
+    def check_input_size(self, height: int, width: int) -> None:
+        # reflect padding needs the pad (up to 7) to be smaller than the side
+        for side in (height, width):
+            if side < 1 or (PAD_MULTIPLE - side % PAD_MULTIPLE) % PAD_MULTIPLE >= side:
+                raise InputShapeError(
+                    f"MST++ reflect-pads to a multiple of 8, which needs sides of at least 5 "
+                    f"pixels; got {height}x{width}"
+                )
+
+    def example_inputs(self, height, width, *, batch=1, device="cpu", dtype=torch.float32):
+        self.check_input_size(height, width)
+        shape = (batch, self.config.in_channels, height, width)
+        return (torch.zeros(shape, device=device, dtype=dtype),)

@@ -1,0 +1,79 @@
+"""`glmha.load`: checkpoint file -> the project's model class, detected, inferred, strictly loaded."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from glmha.archs import FAMILIES, RestorationModel
+from glmha.checkpoint import read_checkpoint
+from glmha.errors import ArchitectureError
+
+MAX_LISTED_KEYS = 3
+
+
+def load(path: str | Path, *, family: str | None = None) -> RestorationModel:
+    """Load an official Restormer / MST++ / MST checkpoint as a plain module in eval mode.
+
+    `family` forces a family ("restormer", "mst_plus_plus", "mst") instead of detecting it.
+    """
+    checkpoint = read_checkpoint(path)
+    return build_model(checkpoint.state_dict, family=family, source=str(path))
+
+
+def build_model(
+    state_dict: Mapping[str, torch.Tensor], *, family: str | None = None, source: str = "state dict"
+) -> RestorationModel:
+    """Detect the family of a state dict, infer its hyperparameters and load it strictly."""
+    if family is not None and family not in FAMILIES:
+        raise ArchitectureError(f"unknown family '{family}'; known: {', '.join(FAMILIES)}")
+    candidates = [FAMILIES[family]] if family else list(FAMILIES.values())
+    failures = []
+    for cls in candidates:
+        if family is None and not cls.detect(state_dict):
+            failures.append(f"{cls.family} (its key pattern is absent)")
+            continue
+        try:
+            model = instantiate(cls, cls.infer_config(state_dict))
+            _check_keys_and_shapes(model, state_dict)
+        except ArchitectureError as error:
+            failures.append(f"{cls.family} ({error})")
+            continue
+        weights = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
+        model.load_state_dict(weights, strict=True, assign=True)
+        if not model.csa_layers():
+            raise ArchitectureError(
+                f"{source}: this {cls.title} model has no channel-wise self-attention layer, "
+                "so there is nothing for glmha to convert"
+            )
+        return model.eval()
+    raise ArchitectureError(f"{source}: unknown architecture; tried {'; '.join(failures)}")
+
+
+def instantiate(cls: type[RestorationModel], config: object) -> RestorationModel:
+    """Build on the meta device: no memory or init time is spent on weights about to be replaced."""
+    with torch.device("meta"):
+        return cls.from_config(config)  # type: ignore[arg-type]
+
+
+def _check_keys_and_shapes(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s), e.g. {', '.join(missing[:MAX_LISTED_KEYS])}")
+        if unexpected:
+            parts.append(
+                f"{len(unexpected)} unexpected key(s), e.g. {', '.join(unexpected[:MAX_LISTED_KEYS])}"
+            )
+        raise ArchitectureError("; ".join(parts))
+    for key, tensor in expected.items():
+        if tuple(state_dict[key].shape) != tuple(tensor.shape):
+            raise ArchitectureError(
+                f"'{key}' has shape {list(state_dict[key].shape)}, the inferred model needs "
+                f"{list(tensor.shape)}"
+            )

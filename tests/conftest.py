@@ -1,0 +1,90 @@
+"""Shared helpers: tiny models of every family, randomised so that outputs depend on every weight."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from glmha.archs import MST, MSTPlusPlus, RestorationModel, Restormer
+
+
+def randomise(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Give every parameter random values (default init leaves temperatures at 1, biases at 0)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(("temperature", "rescale")):
+                param.copy_(torch.rand(param.shape, generator=generator) * 1.5 + 0.5)
+            else:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
+    return model.eval()
+
+
+def random_restormer_config(rng: random.Random) -> dict:
+    heads = [rng.choice([1, 2]), rng.choice([1, 2]), rng.choice([1, 2, 4]), rng.choice([2, 4])]
+    dim = 4 * rng.choice([1, 2, 3])
+    layernorm = rng.choice(["WithBias", "BiasFree"])
+    dual = rng.random() < 0.25
+    return dict(
+        inp_channels=6 if dual else rng.choice([1, 3]),
+        out_channels=3 if dual else rng.choice([1, 3]),
+        dim=dim,
+        num_blocks=tuple(rng.choice([1, 2]) for _ in range(4)),
+        num_refinement_blocks=rng.choice([0, 1, 2]),
+        heads=tuple(heads),
+        ffn_expansion_factor=rng.choice([2.66, 2.0, 1.5, 3.0, 2.5]),
+        bias=rng.random() < 0.3,
+        layernorm_type=layernorm,
+        dual_pixel_task=dual,
+    )
+
+
+def random_mst_plus_plus_config(rng: random.Random) -> dict:
+    n_feat = rng.choice([4, 6, 31])
+    return dict(
+        in_channels=rng.choice([1, 3]),
+        out_channels=n_feat,
+        n_feat=n_feat,
+        stage=rng.choice([1, 2, 3]),
+        stage_blocks=rng.choice([(1, 1, 1), (1, 2, 1), (2, 1), (1, 1, 1, 1)]),
+    )
+
+
+def random_mst_config(rng: random.Random) -> dict:
+    stage = rng.choice([1, 2])
+    return dict(
+        dim=rng.choice([4, 8, 28]),
+        stage=stage,
+        num_blocks=tuple(rng.choice([1, 2]) for _ in range(stage + 1)),
+        bands=rng.choice([4, 28]),
+    )
+
+
+RANDOM_CONFIGS = {
+    "restormer": (Restormer, random_restormer_config),
+    "mst_plus_plus": (MSTPlusPlus, random_mst_plus_plus_config),
+    "mst": (MST, random_mst_config),
+}
+
+
+def tiny_model(family: str, seed: int = 0) -> RestorationModel:
+    cls, make_config = RANDOM_CONFIGS[family]
+    return randomise(cls(**make_config(random.Random(seed))), seed)
+
+
+def example_batch(model: RestorationModel, size: int = 16, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Random inputs of the model's forward shapes; MST masks are binary like real coded apertures."""
+    generator = torch.Generator().manual_seed(seed)
+    shapes = [t.shape for t in model.example_inputs(size, size)]
+    x = torch.rand(shapes[0], generator=generator)
+    if len(shapes) == 1:
+        return (x,)
+    mask = (torch.rand(shapes[1], generator=generator) > 0.5).float()
+    return (x, mask)
+
+
+@pytest.fixture(params=sorted(RANDOM_CONFIGS))
+def family(request) -> str:
+    return request.param
