@@ -55,12 +55,17 @@ class RestorationModel(nn.Module):
         """Raise InputShapeError when the model cannot take an image of this size."""
         raise NotImplementedError
 
+    @property
+    def input_channels(self) -> int:
+        raise NotImplementedError
+
     def example_inputs(
         self, height: int, width: int, *, batch: int = 1, device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> tuple[torch.Tensor, ...]:
         """Zero tensors shaped like the forward arguments for an image of this size."""
-        raise NotImplementedError
+        self.check_input_size(height, width)
+        return (torch.zeros(batch, self.input_channels, height, width, device=device, dtype=dtype),)
 
     def csa_layers(self) -> list[tuple[str, CSALayer]]:
         return [(name, m) for name, m in self.named_modules() if isinstance(m, CSALayer)]

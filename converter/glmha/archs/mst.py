@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from glmha.archs.base import RestorationModel, count_indices, shape_of
-from glmha.archs.spectral_blocks import SpectralUNet, shift_back_offsets
+from glmha.archs.base import RestorationModel, shape_of
+from glmha.archs.spectral_blocks import SpectralUNet, shift_back_offsets, unet_block_counts
 from glmha.config import StrictConfig
 from glmha.errors import ArchitectureError, InputShapeError
 
@@ -80,12 +80,9 @@ class MST(SpectralUNet, RestorationModel):
 
     @classmethod
     def infer_config(cls, state_dict: Mapping[str, torch.Tensor]) -> MSTConfig:
-        keys = list(state_dict)
         dim, bands = shape_of(state_dict, "embedding.weight")[:2]
-        stage = count_indices(keys, "encoder_layers")
-        blocks = [count_indices(keys, f"encoder_layers.{level}.0.blocks") for level in range(stage)]
-        blocks.append(count_indices(keys, "bottleneck.blocks"))
-        return MSTConfig(dim=dim, stage=stage, num_blocks=tuple(blocks), bands=bands)
+        blocks = unet_block_counts(list(state_dict), "")
+        return MSTConfig(dim=dim, stage=len(blocks) - 1, num_blocks=blocks, bands=bands)
 
     def check_input_size(self, height: int, width: int) -> None:
         factor = 2**self.config.stage

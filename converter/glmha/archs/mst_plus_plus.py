@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from glmha.archs.base import RestorationModel, count_indices, shape_of
-from glmha.archs.spectral_blocks import SpectralUNet
+from glmha.archs.spectral_blocks import SpectralUNet, unet_block_counts
 from glmha.config import StrictConfig
 from glmha.errors import ArchitectureError, InputShapeError
 
@@ -73,15 +73,12 @@ class MSTPlusPlus(RestorationModel):
     def infer_config(cls, state_dict: Mapping[str, torch.Tensor]) -> MSTPlusPlusConfig:
         keys = list(state_dict)
         n_feat, in_channels = shape_of(state_dict, "conv_in.weight")[:2]
-        inner_stage = count_indices(keys, "body.0.encoder_layers")
-        blocks = [count_indices(keys, f"body.0.encoder_layers.{level}.0.blocks") for level in range(inner_stage)]
-        blocks.append(count_indices(keys, "body.0.bottleneck.blocks"))
         return MSTPlusPlusConfig(
             in_channels=in_channels,
             out_channels=shape_of(state_dict, "conv_out.weight")[0],
             n_feat=n_feat,
             stage=count_indices(keys, "body"),
-            stage_blocks=tuple(blocks),
+            stage_blocks=unet_block_counts(keys, "body.0."),
         )
 
     def check_input_size(self, height: int, width: int) -> None:
@@ -93,7 +90,6 @@ class MSTPlusPlus(RestorationModel):
                     f"pixels; got {height}x{width}"
                 )
 
-    def example_inputs(self, height, width, *, batch=1, device="cpu", dtype=torch.float32):
-        self.check_input_size(height, width)
-        shape = (batch, self.config.in_channels, height, width)
-        return (torch.zeros(shape, device=device, dtype=dtype),)
+    @property
+    def input_channels(self) -> int:
+        return self.config.in_channels

@@ -272,10 +272,9 @@ class Restormer(RestorationModel):
                 f"down-samplings); got {height}x{width}"
             )
 
-    def example_inputs(self, height, width, *, batch=1, device="cpu", dtype=torch.float32):
-        self.check_input_size(height, width)
-        shape = (batch, self.config.inp_channels, height, width)
-        return (torch.zeros(shape, device=device, dtype=dtype),)
+    @property
+    def input_channels(self) -> int:
+        return self.config.inp_channels
 
 
 def _expansion_factor(hidden_by_width: dict[int, int]) -> float:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glmha.archs.base import CSALayer
+from glmha.archs.base import CSALayer, count_indices
 from glmha.errors import InputShapeError
 
 SHIFT_REFERENCE = 256  # the official shift-back derives its step from 256 // height
@@ -25,6 +25,13 @@ def shift_back_offsets(height: int, channels: int) -> list[int]:
     down = SHIFT_REFERENCE // height
     step = float(SHIFT_STEP) / float(down * down)
     return [int(step * i) for i in range(channels)]
+
+
+def unet_block_counts(keys: list[str], prefix: str) -> tuple[int, ...]:
+    """Blocks per encoder level, then in the bottleneck, of the U-Net whose keys start with prefix."""
+    stage = count_indices(keys, f"{prefix}encoder_layers")
+    blocks = [count_indices(keys, f"{prefix}encoder_layers.{level}.0.blocks") for level in range(stage)]
+    return (*blocks, count_indices(keys, f"{prefix}bottleneck.blocks"))
 
 
 class SpectralFeedForward(nn.Module):
