@@ -11,14 +11,22 @@ from glmha.archs import MST, MSTPlusPlus, RestorationModel, Restormer
 
 
 def randomise(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Give every parameter random values (default init leaves temperatures at 1, biases at 0)."""
+    """Give every parameter random values (default init leaves temperatures at 1, biases at 0).
+
+    Weights are scaled by 1/sqrt(fan-in) so that deep models keep outputs of order one.
+    """
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=generator)
             if name.endswith(("temperature", "rescale")):
                 param.copy_(torch.rand(param.shape, generator=generator) * 1.5 + 0.5)
+            elif param.dim() >= 2:
+                param.copy_(noise / param[0].numel() ** 0.5)
+            elif name.endswith("weight"):  # normalisation scales
+                param.copy_(1.0 + 0.2 * noise)
             else:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
+                param.copy_(0.2 * noise)
     return model.eval()
 
 

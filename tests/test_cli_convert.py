@@ -58,13 +58,6 @@ def test_mst_gets_its_mask_automatically(tmp_path: Path, capsys) -> None:
     assert "256x310" in capsys.readouterr().out
 
 
-def test_conversion_without_dry_run_is_refused_clearly(tmp_path: Path, capsys) -> None:
-    path = tmp_path / "m.pth"
-    torch.save(tiny_model("restormer").state_dict(), path)
-    assert convert_main([str(path)]) != 0
-    assert "--dry-run" in capsys.readouterr().err
-
-
 @pytest.mark.parametrize("bad", ["0", "abc", "12x", "-4"])
 def test_bad_input_size_is_a_usage_error(bad: str, tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as info:

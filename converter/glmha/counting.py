@@ -31,7 +31,7 @@ class MacCount:
 class CostReport:
     macs: MacCount
     modules: dict[str, MacCount] = field(default_factory=dict)  # per requested module
-    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # first input per module
+    input_shapes: dict[str, list[tuple[int, ...]]] = field(default_factory=dict)  # tensor args per module
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -54,8 +54,8 @@ def count_macs(
     def push(module: nn.Module, args: tuple) -> None:
         stack.append(module)
         name = wanted.get(id(module))
-        if name is not None and name not in report.input_shapes and args:
-            report.input_shapes[name] = tuple(args[0].shape)
+        if name is not None and name not in report.input_shapes:
+            report.input_shapes[name] = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]
 
     def pop(module: nn.Module, args: tuple, output: object) -> None:
         stack.pop()

@@ -17,9 +17,18 @@ MAX_LISTED_KEYS = 3
 def load(path: str | Path, *, family: str | None = None) -> RestorationModel:
     """Load an official Restormer / MST++ / MST checkpoint as a plain module in eval mode.
 
+    A safetensors file exported by glmha is rebuilt, GLMHA layers included, from its metadata.
+
     `family` forces a family ("restormer", "mst_plus_plus", "mst") instead of detecting it.
     """
     checkpoint = read_checkpoint(path)
+    from glmha.convert.export import is_glmha_export, rebuild_model
+
+    if is_glmha_export(checkpoint.metadata):
+        model = rebuild_model(checkpoint.state_dict, checkpoint.metadata, source=str(path))
+        if family is not None and family != model.family:
+            raise ArchitectureError(f"{path}: a converted {model.family} model, not {family}")
+        return model
     return build_model(checkpoint.state_dict, family=family, source=str(path))
 
 

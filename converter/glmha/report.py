@@ -54,7 +54,7 @@ def describe(model: RestorationModel, height: int, width: int) -> ModelReport:
     cost = count_macs(model, inputs, modules=[name for name, _ in layers])
     rows = []
     for name, layer in layers:
-        grid = _token_grid(layer, cost.input_shapes[name])
+        grid = _token_grid(layer, cost.input_shapes[name][0])
         rows.append(LayerReport(
             name=name,
             kind=type(layer).__name__,

@@ -67,8 +67,21 @@ class RestorationModel(nn.Module):
         self.check_input_size(height, width)
         return (torch.zeros(batch, self.input_channels, height, width, device=device, dtype=dtype),)
 
+    def csa_level(self, name: str) -> str:
+        """Depth level of a CSA layer ("1", "2", ... or "bottleneck"), as in the paper's Table 9."""
+        raise NotImplementedError
+
     def csa_layers(self) -> list[tuple[str, CSALayer]]:
         return [(name, m) for name, m in self.named_modules() if isinstance(m, CSALayer)]
+
+
+def unet_level(name: str, stage: int) -> str:
+    """Level of a layer inside an MST-style U-Net (encoder_layers.l / decoder_layers.i / bottleneck)."""
+    if match := re.search(r"encoder_layers\.(\d+)\.", name):
+        return str(int(match.group(1)) + 1)
+    if match := re.search(r"decoder_layers\.(\d+)\.", name):
+        return str(stage - int(match.group(1)))
+    return "bottleneck"
 
 
 def count_indices(keys: Iterable[str], prefix: str) -> int:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from glmha.archs.base import RestorationModel, shape_of
+from glmha.archs.base import RestorationModel, shape_of, unet_level
 from glmha.archs.spectral_blocks import SpectralUNet, shift_back_offsets, unet_block_counts
 from glmha.config import StrictConfig
 from glmha.errors import ArchitectureError, InputShapeError
@@ -71,6 +71,9 @@ class MST(SpectralUNet, RestorationModel):
             if ok:
                 return width
             width += 1
+
+    def csa_level(self, name: str) -> str:
+        return unet_level(name, self.config.stage)
 
     @classmethod
     def detect(cls, keys: Iterable[str]) -> bool:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glmha.archs.base import RestorationModel, count_indices, shape_of
+from glmha.archs.base import RestorationModel, count_indices, shape_of, unet_level
 from glmha.archs.spectral_blocks import SpectralUNet, unet_block_counts
 from glmha.config import StrictConfig
 from glmha.errors import ArchitectureError, InputShapeError
@@ -64,6 +64,9 @@ class MSTPlusPlus(RestorationModel):
         x = self.conv_in(x)
         out = self.conv_out(self.body(x)) + x
         return out[:, :, :height, :width]
+
+    def csa_level(self, name: str) -> str:
+        return unet_level(name, len(self.config.stage_blocks) - 1)
 
     @classmethod
     def detect(cls, keys: Iterable[str]) -> bool:

@@ -214,6 +214,14 @@ class Restormer(RestorationModel):
             return self.output(dec1 + self.skip_conv(embedded))
         return self.output(dec1) + inp_img
 
+    def csa_level(self, name: str) -> str:
+        group = name.split(".")[0]
+        if group == "latent":
+            return "bottleneck"
+        if group == "refinement":
+            return "1"
+        return group[-1]  # encoder_level2 / decoder_level2 -> "2"
+
     # -- detection and inference ---------------------------------------------------------------
 
     @classmethod

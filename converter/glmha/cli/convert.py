@@ -1,20 +1,34 @@
-"""`glmha-convert`: inspect (and, in later versions, convert) an official CSA checkpoint."""
+"""`glmha-convert`: analyse, plan, convert and export an official CSA checkpoint as slim GLMHA.
+
+    glmha-convert restormer.pth --energy 0.95            # plan, convert, write restormer.glmha.safetensors
+    glmha-convert restormer.pth --ratio 0.5 --dry-run    # print the plan and stop
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from glmha.archs import FAMILIES
+from glmha.archs import FAMILIES, RestorationModel
+from glmha.convert.api import analyse
+from glmha.convert.export import export_model, sha256_file
+from glmha.convert.initialise import INIT_METHODS
+from glmha.convert.layers import GLMHASettings
+from glmha.convert.mutate import apply_plan
+from glmha.convert.plan import ConversionPlan, PlanSettings, make_plan
 from glmha.errors import GlmhaError
 from glmha.io_utils import atomic_write_text, check_writable_target
 from glmha.loader import load
-from glmha.report import describe, format_report
+from glmha.report import describe, format_report, giga
 
 PROG = "glmha-convert"
+DEFAULT_ENERGY = 0.95
+EXPORT_SUFFIX = ".glmha.safetensors"
 
 
 def parse_input_size(text: str) -> tuple[int, int]:
@@ -31,18 +45,34 @@ def parse_input_size(text: str) -> tuple[int, int]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Report a Restormer / MST++ / MST checkpoint: family, hyperparameters, CSA "
-        "layers, parameters and MACs (convolutions and linear layers only, and including the "
-        "attention matrix products).",
+        description="Convert the channel-wise self-attention (CSA) layers of a Restormer / MST++ / MST "
+        "checkpoint to GLMHA: per-layer spectrum analysis, a plan of reduced key/value widths C', "
+        "initialisation of the reduced generators, and a slim safetensors export.",
     )
     parser.add_argument("checkpoint", help=".pth/.pt (read with weights_only=True) or .safetensors")
-    parser.add_argument("--dry-run", action="store_true", help="report the model and stop")
+    parser.add_argument("-o", "--output", help=f"output file (default: next to the input, *{EXPORT_SUFFIX})")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    parser.add_argument("--dry-run", action="store_true", help="print the report and the plan, then stop")
     parser.add_argument("--family", choices=sorted(FAMILIES), help="skip detection, force a family")
-    parser.add_argument(
-        "--input-size", type=parse_input_size, default=(256, 256), metavar="N|HxW",
-        help="input size for the MAC count (default 256; MST gets its mask shape automatically)",
-    )
-    parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    rank = parser.add_argument_group("choosing C' (one of --energy / --ratio)")
+    rank.add_argument("--energy", type=float, help=f"spectrum energy each head keeps (default {DEFAULT_ENERGY})")
+    rank.add_argument("--ratio", type=float, help="uniform key/value size reduction, e.g. 0.5 (paper Table 7)")
+    rank.add_argument("--levels", help="convert only these depth levels, e.g. 1,2 or 3,bottleneck")
+    rank.add_argument("--rank-pattern", action="append", default=[], metavar="REGEX=C",
+                      help="force C' for layers whose name matches REGEX (repeatable; last match wins)")
+    layer = parser.add_argument_group("GLMHA layers")
+    layer.add_argument("--init", choices=INIT_METHODS, default="select",
+                       help="initialisation of the reduced K/V generators (default select)")
+    layer.add_argument("--alpha", type=float, default=0.6, help="calibration strength alpha (default 0.6)")
+    layer.add_argument("--seed", type=int, default=0, help="seed of the new weights (default 0)")
+    analysis = parser.add_argument_group("analysis and reports")
+    analysis.add_argument("--calib", metavar="DIR", help="folder of images: spectra from activations")
+    analysis.add_argument("--calib-limit", type=int, default=16, metavar="N",
+                          help="use at most N calibration images (default 16)")
+    analysis.add_argument("--plot", metavar="DIR", help="write cumulative-energy PNGs per level to DIR")
+    analysis.add_argument("--input-size", type=parse_input_size, default=(256, 256), metavar="N|HxW",
+                          help="input size for the MAC counts (default 256; MST gets its mask shape)")
+    analysis.add_argument("--json", metavar="FILE", help="also write the report and plan as JSON")
     return parser
 
 
@@ -56,22 +86,134 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    settings = PlanSettings(
+        energy=args.energy if args.energy is not None or args.ratio is not None else DEFAULT_ENERGY,
+        ratio=args.ratio,
+        levels=tuple(level.strip() for level in args.levels.split(",") if level.strip()) if args.levels else (),
+        rank_patterns=tuple(args.rank_pattern),
+        init=args.init,
+        seed=args.seed,
+    )
+    if not math.isfinite(args.alpha):
+        raise GlmhaError(f"--alpha must be a finite number, got {args.alpha}")
+    glmha_settings = GLMHASettings(alpha=args.alpha)
+    output = None if args.dry_run else _output_path(args)
     if args.json:
         check_writable_target(args.json, what="--json")
-    if not args.dry_run:
-        raise GlmhaError(
-            "this version of glmha only inspects checkpoints; run with --dry-run "
-            "(conversion to GLMHA is not available yet)"
-        )
+    if args.plot and Path(args.plot).exists() and not Path(args.plot).is_dir():
+        raise GlmhaError(f"--plot {args.plot}: exists and is not a folder")
     model = load(args.checkpoint, family=args.family)
+    if getattr(model, "glmha_record", None) is not None:
+        raise GlmhaError(f"{args.checkpoint}: already converted by glmha; convert the original teacher")
     height, width = args.input_size
     report = describe(model, height, width)
+    spectra = analyse(model, _calibration_inputs(model, args) if args.calib else None)
+    plan = make_plan(model, spectra, settings, glmha_settings, height, width)
     print(f"checkpoint       {args.checkpoint}")
     print(format_report(report))
+    print()
+    print(format_plan(plan))
+    if args.plot:
+        from glmha.convert.plot import plot_spectra
+
+        for path in plot_spectra(spectra, plan, Path(args.plot)):
+            print(f"wrote {path}")
+    if output is not None:
+        student = apply_plan(model, plan, spectra, inplace=True)
+        student.glmha_record.source_sha256 = sha256_file(args.checkpoint)
+        student.glmha_record.source_file = Path(args.checkpoint).name
+        export_model(student, output)
+        source_size, output_size = Path(args.checkpoint).stat().st_size, output.stat().st_size
+        print(f"\nwrote {output}: {output_size:,} bytes ({100 * output_size / source_size:.1f} % of the "
+              f"{source_size:,} bytes of {Path(args.checkpoint).name})")
     if args.json:
-        data = {"checkpoint": str(args.checkpoint), **report.to_json()}
+        data = {"checkpoint": str(args.checkpoint), **merge_plan(report.to_json(), plan)}
+        if output is not None:
+            data["output"] = str(output)
         atomic_write_text(args.json, json.dumps(data, indent=2) + "\n")
     return 0
+
+
+def _output_path(args: argparse.Namespace) -> Path:
+    source = Path(args.checkpoint)
+    default = source.with_name(source.with_suffix("").name + EXPORT_SUFFIX)
+    output = Path(args.output) if args.output else default
+    if output.suffix != ".safetensors":
+        raise GlmhaError(f"--output {output}: the export is safetensors; name it *.safetensors")
+    if source.exists() and output.exists() and output.resolve() == source.resolve():
+        raise GlmhaError(f"--output {output}: is the input checkpoint; glmha never overwrites its input")
+    if output.exists() and not args.force:
+        raise GlmhaError(f"--output {output}: exists; pass --force to overwrite it")
+    check_writable_target(output, what="--output")
+    return output
+
+
+def _calibration_inputs(model: RestorationModel, args: argparse.Namespace):
+    from glmha.data.image_folder import read_calibration_images
+
+    if model.family == "mst":
+        raise GlmhaError("--calib: MST takes CASSI measurements and masks, not images; use the data-free "
+                         "analysis (no --calib)")
+    multiple = 8 if model.family == "restormer" else 1
+    images = read_calibration_images(Path(args.calib), model.input_channels, multiple=multiple,
+                                     limit=args.calib_limit)
+    return ((image,) for image in images)
+
+
+def merge_plan(report: dict, plan: ConversionPlan) -> dict:
+    """The model report (its keys describe the input model) plus the plan: `plan` (settings),
+    `before` / `after` totals, and per layer `reduced_channels`, `energy` and the costs after."""
+    by_name = {layer.name: layer for layer in plan.layers}
+    for entry in report["layers"]:
+        layer = by_name[entry["name"]]
+        entry.update(reduced_channels=layer.reduced_channels, energy=layer.energy, level=layer.level,
+                     convert=layer.convert, reason=layer.reason, params_after=layer.params_after,
+                     macs_linear_after=layer.macs_linear_after, macs_total_after=layer.macs_total_after)
+    data = plan.to_json()
+    report["plan"] = {k: v for k, v in data.items() if k not in ("before", "after", "layers")}
+    report["before"], report["after"] = plan.before, plan.after
+    return report
+
+
+def format_plan(plan: ConversionPlan) -> str:
+    settings = plan.settings
+    rule = f"ratio {settings.ratio:g}" if settings.ratio is not None else f"energy {settings.energy:g}"
+    converted = sum(layer.convert for layer in plan.layers)
+    lines = [f"plan: {rule}, init {settings.init}, alpha {plan.glmha.alpha:g}, spectra from {plan.source}; "
+             f"{converted} of {len(plan.layers)} CSA layers converted"]
+    header = ("layer", "level", "C", "C'", "energy", "params", "MACs (a)", "MACs (b)", "note")
+    rows = [header]
+    for layer in plan.layers:
+        note = "" if layer.convert and not layer.reason.startswith("--rank") else layer.reason
+        rows.append((layer.name, layer.level, str(layer.channels),
+                     str(layer.reduced_channels) if layer.convert else "CSA", f"{100 * layer.energy:.2f}%",
+                     _change(layer.params_before, layer.params_after, plain=True),
+                     _change(layer.macs_linear_before, layer.macs_linear_after),
+                     _change(layer.macs_total_before, layer.macs_total_after), note))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
+    for index, row in enumerate(rows):
+        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:-1], widths[1:], strict=True)]
+        lines.append(("  " + "  ".join(cells) + ("  " + row[-1] if row[-1] else "")).rstrip())
+        if index == 0:
+            lines.append("  " + "  ".join("-" * w for w in widths))
+    before, after = plan.before, plan.after
+    lines.append("")
+    lines.append(f"total params    {before['params']:,} -> {after['params']:,} "
+                 f"({_percent(before['params'], after['params'])})")
+    lines.append(f"total MACs (a)  {giga(before['macs_linear'])} -> {giga(after['macs_linear'])} "
+                 f"({_percent(before['macs_linear'], after['macs_linear'])}; convolutions and linear layers)")
+    lines.append(f"total MACs (b)  {giga(before['macs_total'])} -> {giga(after['macs_total'])} "
+                 f"({_percent(before['macs_total'], after['macs_total'])}; with attention products)")
+    return "\n".join(lines)
+
+
+def _change(before: int, after: int, plain: bool = False) -> str:
+    show = (lambda v: f"{v:,}") if plain else (lambda v: f"{v / 1e9:.3f}")
+    return show(before) if before == after else f"{show(before)}->{show(after)}"
+
+
+def _percent(before: int, after: int) -> str:
+    return f"{100 * (after - before) / max(before, 1):+.2f} %"
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""CSA -> GLMHA conversion: spectrum analysis, planning, initialisation, module replacement, export."""

@@ -1,0 +1,56 @@
+"""Replace planned CSA layers by GLMHA layers: build and check every replacement first, then swap
+them in through their parents, so a failure never leaves a half-converted model."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+from glmha.archs import RestorationModel
+from glmha.convert.initialise import convert_layer
+from glmha.convert.layers import GLMHALayer, GLMHASettings
+from glmha.convert.plan import ConversionPlan
+from glmha.convert.spectrum import LayerSpectrum
+from glmha.errors import GlmhaError
+
+
+@dataclass
+class ConversionRecord:
+    """What a converted model needs to be exported and rebuilt; kept as `model.glmha_record`."""
+
+    settings: GLMHASettings
+    reduced: dict[str, int]  # layer name -> C'
+    init: str = "select"
+    plan: dict = field(default_factory=dict)  # ConversionPlan.to_json(), when known
+    source_sha256: str = ""
+    source_file: str = ""
+
+
+def apply_plan(model: RestorationModel, plan: ConversionPlan, spectra: list[LayerSpectrum], *,
+               inplace: bool = False) -> RestorationModel:
+    """The converted model (a copy unless `inplace`), with `glmha_record` set."""
+    layers = dict(model.csa_layers())
+    by_name = {s.name: s for s in spectra}
+    replacements = {}
+    for index, layer_plan in enumerate(plan.layers):
+        if not layer_plan.convert:
+            continue
+        layer = layers.get(layer_plan.name)
+        if layer is None or isinstance(layer, GLMHALayer):
+            raise GlmhaError(f"plan layer {layer_plan.name} is not a CSA layer of this model")
+        if layer_plan.name not in by_name:
+            raise GlmhaError(f"no spectrum for {layer_plan.name}")
+        replacements[layer_plan.name] = convert_layer(
+            layer, by_name[layer_plan.name], layer_plan.reduced_channels, plan.settings.init, plan.glmha,
+            seed=plan.settings.seed + index)
+    target = model if inplace else copy.deepcopy(model)
+    swap_layers(target, replacements)
+    target.glmha_record = ConversionRecord(settings=plan.glmha, reduced=plan.converted,
+                                           init=plan.settings.init, plan=plan.to_json())
+    return target
+
+
+def swap_layers(model: RestorationModel, replacements: dict[str, GLMHALayer]) -> None:
+    for name, new in replacements.items():
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, new)

@@ -1,0 +1,194 @@
+"""Per-head spectra of the key/value generators (SPEC section 3.2).
+
+Everything is expressed through a per-head Gram matrix G = R R^T of the head's joint key/value rows
+R (one row per channel, i.e. per attention token). Its eigenvalues are the squared singular values
+of R (the spectrum and its energy curve), its eigenvectors the left singular vectors (the `svd`
+initialisation), and a pivoted Cholesky of G picks rows exactly as a column-pivoted QR of R^T
+would (the `select` initialisation) without ever forming R.
+
+* Data-free (default): the rows are the exact linear operators that generate each key/value
+  channel. For MDTA a channel is a 1x1 row w followed by its own depthwise 3x3 filter f, i.e. the
+  3x3 conv kernel w (x) f; the inner product of two such kernels is <w_a, w_b> <f_a, f_b>, so G is
+  a sum of Hadamard products. For MS-MSA the rows are the `to_q` and `to_v` weight rows.
+* From activations (`--calib`): the rows are the key/value activations over all calibration pixels,
+  accumulated as Gram matrices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from glmha.archs.base import CSALayer
+from glmha.archs.restormer import RestormerAttention
+from glmha.archs.spectral_blocks import MaskedSpectralAttention, SpectralAttention
+
+ENERGY_TOLERANCE = 1e-12
+
+
+@dataclass
+class HeadSpectrum:
+    eigenvalues: torch.Tensor  # (d,) float64, descending, >= 0: squared singular values
+    basis: torch.Tensor  # (d, d) float64, eigenvectors as columns, same order
+    order: list[int]  # channel indices in pivoted-Cholesky (column-pivoted QR) order
+
+    @property
+    def singular_values(self) -> torch.Tensor:
+        return self.eigenvalues.sqrt()
+
+    @property
+    def cumulative_energy(self) -> torch.Tensor:
+        """Fraction of the energy kept by the leading r singular values, r = 1..d."""
+        total = self.eigenvalues.sum()
+        if total <= 0:
+            return torch.ones_like(self.eigenvalues)
+        return (self.eigenvalues.cumsum(0) / total).clamp(max=1.0)
+
+    def width_for(self, energy: float) -> int:
+        """Smallest r whose retained energy reaches `energy` (energy >= 1 keeps every channel)."""
+        if energy >= 1.0:
+            return len(self.eigenvalues)
+        reached = (self.cumulative_energy >= energy - ENERGY_TOLERANCE).nonzero()
+        return int(reached[0]) + 1
+
+
+@dataclass
+class LayerSpectrum:
+    name: str
+    channels: int
+    num_heads: int
+    source: str  # "weights" or "activations"
+    heads: list[HeadSpectrum] = field(default_factory=list)
+
+    @property
+    def head_dim(self) -> int:
+        return self.channels // self.num_heads
+
+    def width_for(self, energy: float) -> int:
+        """Common per-head width d' such that every head keeps at least `energy`."""
+        return max(head.width_for(energy) for head in self.heads)
+
+    def energy_at(self, width: int) -> float:
+        """Energy kept by the weakest head at per-head width `width`."""
+        return min(float(head.cumulative_energy[width - 1]) for head in self.heads)
+
+
+def head_spectrum(gram: torch.Tensor) -> HeadSpectrum:
+    gram = gram.double()
+    gram = (gram + gram.T) / 2
+    eigenvalues, vectors = torch.linalg.eigh(gram)  # ascending
+    eigenvalues = eigenvalues.flip(0).clamp(min=0)
+    vectors = vectors.flip(1)
+    return HeadSpectrum(eigenvalues=eigenvalues, basis=vectors, order=pivoted_order(gram))
+
+
+def pivoted_order(gram: torch.Tensor) -> list[int]:
+    """Greedy pivoted Cholesky: at each step the row with the largest residual norm.
+
+    Identical pivots to a column-pivoted QR of R^T (Businger-Golub). Rows that are (numerically)
+    dependent on the chosen ones come last, by their original norm.
+    """
+    d = gram.shape[0]
+    residual = gram.diagonal().clone()
+    scale = float(residual.max()) if d else 0.0
+    factors = torch.zeros(d, d, dtype=gram.dtype)
+    order: list[int] = []
+    remaining = torch.ones(d, dtype=torch.bool)
+    for step in range(d):
+        candidates = torch.where(remaining, residual, torch.full_like(residual, -1.0))
+        pivot = int(candidates.argmax())
+        if residual[pivot] <= 1e-13 * max(scale, 1e-300):
+            break
+        column = (gram[:, pivot] - factors[:, :step] @ factors[pivot, :step]) / residual[pivot].sqrt()
+        factors[:, step] = column
+        residual = residual - column**2
+        order.append(pivot)
+        remaining[pivot] = False
+    rest = [i for i in range(d) if remaining[i]]
+    rest.sort(key=lambda i: -float(gram[i, i]))
+    return order + rest
+
+
+def weight_grams(layer: CSALayer) -> list[torch.Tensor]:
+    """Per-head Gram matrices of the joint key/value generator rows, from the weights alone."""
+    c, heads = layer.channels, layer.num_heads
+    d = c // heads
+    with torch.no_grad():
+        if isinstance(layer, RestormerAttention):
+            w = layer.qkv.weight.detach().double().reshape(3 * c, c)  # (3C, C)
+            f = layer.qkv_dwconv.weight.detach().double().reshape(3 * c, 9)  # (3C, 9)
+            keys = (slice(c, 2 * c), slice(2 * c, 3 * c))
+            grams_full = sum((w[s] @ w[s].T) * (f[s] @ f[s].T) for s in keys)  # (C, C)
+        elif isinstance(layer, SpectralAttention):
+            wq = layer.to_q.weight.detach().double()  # (C, C): the softmax axis, GLMHA's keys
+            wv = layer.to_v.weight.detach().double()
+            grams_full = wq @ wq.T + wv @ wv.T
+        else:
+            raise TypeError(f"no weight spectrum for {type(layer).__name__}")
+    return [grams_full[h * d:(h + 1) * d, h * d:(h + 1) * d] for h in range(heads)]
+
+
+def analyse_weights(layers: Iterable[tuple[str, CSALayer]]) -> list[LayerSpectrum]:
+    return [_layer_spectrum(name, layer, weight_grams(layer), "weights") for name, layer in layers]
+
+
+def _layer_spectrum(name: str, layer: CSALayer, grams: Sequence[torch.Tensor], source: str) -> LayerSpectrum:
+    return LayerSpectrum(name=name, channels=layer.channels, num_heads=layer.num_heads, source=source,
+                         heads=[head_spectrum(g) for g in grams])
+
+
+class ActivationGrams:
+    """Forward hooks accumulating per-head Gram matrices of key/value activations."""
+
+    def __init__(self, layers: Sequence[tuple[str, CSALayer]]) -> None:
+        self.layers = list(layers)
+        self.grams: dict[str, list[torch.Tensor]] = {
+            name: [torch.zeros(layer.head_dim, layer.head_dim, dtype=torch.float64)
+                   for _ in range(layer.num_heads)]
+            for name, layer in self.layers
+        }
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def __enter__(self) -> ActivationGrams:
+        for name, layer in self.layers:
+            self._handles.append(layer.register_forward_hook(self._hook(name)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _hook(self, name: str):
+        def record(layer: nn.Module, args: tuple, output: object) -> None:
+            keys, values = key_value_activations(layer, *args)  # (b, C, N) each
+            d = layer.head_dim
+            for h, gram in enumerate(self.grams[name]):
+                k = keys[:, h * d:(h + 1) * d].double()  # (b, d, N)
+                v = values[:, h * d:(h + 1) * d].double()  # (b, d, N)
+                gram += (k @ k.transpose(1, 2)).sum(0) + (v @ v.transpose(1, 2)).sum(0)
+
+        return record
+
+    def spectra(self) -> list[LayerSpectrum]:
+        return [_layer_spectrum(name, layer, self.grams[name], "activations") for name, layer in self.layers]
+
+
+def key_value_activations(layer: nn.Module, x: torch.Tensor, mask: torch.Tensor | None = None):
+    """The key and value activations (b, C, N) a CSA layer forms from its input."""
+    with torch.no_grad():
+        if isinstance(layer, RestormerAttention):
+            b, c = x.shape[:2]
+            _, k, v = layer.qkv_dwconv(layer.qkv(x)).chunk(3, dim=1)  # (b, C, h, w) each
+            return k.reshape(b, c, -1), v.reshape(b, c, -1)
+        b, h, w, c = x.shape
+        tokens = x.reshape(b, h * w, c)  # (b, N, C)
+        keys = layer.to_q(tokens)  # (b, N, C): the softmax axis
+        values = layer.to_v(tokens)  # (b, N, C)
+        if isinstance(layer, MaskedSpectralAttention):
+            guide = layer.mm(mask[:1].permute(0, 3, 1, 2))  # (1, C, h, h)
+            values = values * guide.permute(0, 2, 3, 1).reshape(1, h * w, c)
+        return keys.transpose(1, 2), values.transpose(1, 2)  # (b, C, N) each
