@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from glmha.archs import CSALayer, RestorationModel
-from glmha.counting import count_macs, count_parameters
+from glmha.counting import CostReport, count_macs, count_parameters
+from glmha.runtime import single_thread
 
 
 @dataclass
@@ -35,9 +36,11 @@ class ModelReport:
     macs_linear: int
     macs_total: int
     layers: list[LayerReport] = field(default_factory=list)
+    cost: CostReport | None = field(default=None, repr=False, compare=False)  # reused by the planner
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "cost"}
+        data["layers"] = [asdict(layer) for layer in self.layers]
         data["csa"] = {
             "count": len(self.layers),
             "params": sum(layer.params for layer in self.layers),
@@ -47,6 +50,7 @@ class ModelReport:
         return data
 
 
+@single_thread()
 def describe(model: RestorationModel, height: int, width: int) -> ModelReport:
     """Count the model at one input size (batch 1); raises InputShapeError for sizes it cannot take."""
     inputs = model.example_inputs(height, width, device="meta")
@@ -77,6 +81,7 @@ def describe(model: RestorationModel, height: int, width: int) -> ModelReport:
         macs_linear=cost.macs.linear,
         macs_total=cost.macs.total,
         layers=rows,
+        cost=cost,
     )
 
 

@@ -108,7 +108,7 @@ def _run(args: argparse.Namespace) -> int:
     height, width = args.input_size
     report = describe(model, height, width)
     spectra = analyse(model, _calibration_inputs(model, args) if args.calib else None)
-    plan = make_plan(model, spectra, settings, glmha_settings, height, width)
+    plan = make_plan(model, spectra, settings, glmha_settings, height, width, cost=report.cost)
     print(f"checkpoint       {args.checkpoint}")
     print(format_report(report))
     print()

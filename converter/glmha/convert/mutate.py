@@ -12,6 +12,7 @@ from glmha.convert.layers import GLMHALayer, GLMHASettings
 from glmha.convert.plan import ConversionPlan
 from glmha.convert.spectrum import LayerSpectrum
 from glmha.errors import GlmhaError
+from glmha.runtime import single_thread
 
 
 @dataclass
@@ -26,6 +27,7 @@ class ConversionRecord:
     source_file: str = ""
 
 
+@single_thread()
 def apply_plan(model: RestorationModel, plan: ConversionPlan, spectra: list[LayerSpectrum], *,
                inplace: bool = False) -> RestorationModel:
     """The converted model (a copy unless `inplace`), with `glmha_record` set."""

@@ -20,8 +20,9 @@ from glmha.config import StrictConfig
 from glmha.convert.initialise import INIT_METHODS, empty_glmha_like
 from glmha.convert.layers import GLMHASettings
 from glmha.convert.spectrum import LayerSpectrum
-from glmha.counting import count_macs, count_parameters
+from glmha.counting import CostReport, count_macs, count_parameters
 from glmha.errors import GlmhaError
+from glmha.runtime import single_thread
 
 
 @dataclass(frozen=True)
@@ -105,12 +106,15 @@ class ConversionPlan:
         }
 
 
+@single_thread()
 def make_plan(model: RestorationModel, spectra: list[LayerSpectrum], settings: PlanSettings,
-              glmha: GLMHASettings, height: int, width: int) -> ConversionPlan:
+              glmha: GLMHASettings, height: int, width: int, *, cost: CostReport | None = None) -> ConversionPlan:
+    """The plan at input size height x width; `cost` may pass a count of the model made at that size."""
     inputs = model.example_inputs(height, width, device="meta")
     layers = dict(model.csa_layers())
     by_name = {s.name: s for s in spectra}
-    cost = count_macs(model, inputs, modules=list(layers))
+    if cost is None or set(cost.modules) != set(layers):
+        cost = count_macs(model, inputs, modules=list(layers))
     patterns = [parse_rank_pattern(p) for p in settings.rank_patterns]
     matched = [0] * len(patterns)
     known_levels = {model.csa_level(name) for name in layers}

@@ -19,12 +19,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
 from glmha.archs.base import CSALayer
 from glmha.archs.restormer import RestormerAttention
 from glmha.archs.spectral_blocks import MaskedSpectralAttention, SpectralAttention
+from glmha.runtime import single_thread
 
 ENERGY_TOLERANCE = 1e-12
 
@@ -77,38 +79,37 @@ class LayerSpectrum:
 
 
 def head_spectrum(gram: torch.Tensor) -> HeadSpectrum:
-    gram = gram.double()
+    gram = gram.detach().double().cpu()
     gram = (gram + gram.T) / 2
     eigenvalues, vectors = torch.linalg.eigh(gram)  # ascending
-    eigenvalues = eigenvalues.flip(0).clamp(min=0)
-    vectors = vectors.flip(1)
-    return HeadSpectrum(eigenvalues=eigenvalues, basis=vectors, order=pivoted_order(gram))
+    return HeadSpectrum(eigenvalues=eigenvalues.flip(0).clamp(min=0), basis=vectors.flip(1),
+                        order=pivoted_order(gram.numpy()))
 
 
-def pivoted_order(gram: torch.Tensor) -> list[int]:
+def pivoted_order(gram: np.ndarray | torch.Tensor) -> list[int]:
     """Greedy pivoted Cholesky: at each step the row with the largest residual norm.
 
     Identical pivots to a column-pivoted QR of R^T (Businger-Golub). Rows that are (numerically)
-    dependent on the chosen ones come last, by their original norm.
+    dependent on the chosen ones come last, by their original norm. numpy, because these d x d
+    problems are tiny and torch's per-op overhead would dominate.
     """
+    gram = gram.numpy() if isinstance(gram, torch.Tensor) else gram
     d = gram.shape[0]
-    residual = gram.diagonal().clone()
+    residual = gram.diagonal().astype(np.float64).copy()
     scale = float(residual.max()) if d else 0.0
-    factors = torch.zeros(d, d, dtype=gram.dtype)
+    factors = np.zeros((d, d))
     order: list[int] = []
-    remaining = torch.ones(d, dtype=torch.bool)
+    remaining = np.ones(d, dtype=bool)
     for step in range(d):
-        candidates = torch.where(remaining, residual, torch.full_like(residual, -1.0))
-        pivot = int(candidates.argmax())
+        pivot = int(np.argmax(np.where(remaining, residual, -1.0)))
         if residual[pivot] <= 1e-13 * max(scale, 1e-300):
             break
-        column = (gram[:, pivot] - factors[:, :step] @ factors[pivot, :step]) / residual[pivot].sqrt()
+        column = (gram[:, pivot] - factors[:, :step] @ factors[pivot, :step]) / np.sqrt(residual[pivot])
         factors[:, step] = column
         residual = residual - column**2
         order.append(pivot)
         remaining[pivot] = False
-    rest = [i for i in range(d) if remaining[i]]
-    rest.sort(key=lambda i: -float(gram[i, i]))
+    rest = sorted((i for i in range(d) if remaining[i]), key=lambda i: -float(gram[i, i]))
     return order + rest
 
 
@@ -120,18 +121,22 @@ def weight_grams(layer: CSALayer) -> list[torch.Tensor]:
         if isinstance(layer, RestormerAttention):
             w = layer.qkv.weight.detach().double().reshape(3 * c, c)  # (3C, C)
             f = layer.qkv_dwconv.weight.detach().double().reshape(3 * c, 9)  # (3C, 9)
-            keys = (slice(c, 2 * c), slice(2 * c, 3 * c))
-            grams_full = sum((w[s] @ w[s].T) * (f[s] @ f[s].T) for s in keys)  # (C, C)
+            blocks = [(w[o:o + d], f[o:o + d]) for h in range(heads) for o in (c + h * d, 2 * c + h * d)]
+            grams = [(wk @ wk.T) * (fk @ fk.T) + (wv @ wv.T) * (fv @ fv.T)  # kernel w (x) f inner products
+                     for (wk, fk), (wv, fv) in zip(blocks[0::2], blocks[1::2], strict=True)]
         elif isinstance(layer, SpectralAttention):
             wq = layer.to_q.weight.detach().double()  # (C, C): the softmax axis, GLMHA's keys
             wv = layer.to_v.weight.detach().double()
-            grams_full = wq @ wq.T + wv @ wv.T
+            rows = [slice(h * d, (h + 1) * d) for h in range(heads)]
+            grams = [wq[r] @ wq[r].T + wv[r] @ wv[r].T for r in rows]
         else:
             raise TypeError(f"no weight spectrum for {type(layer).__name__}")
-    return [grams_full[h * d:(h + 1) * d, h * d:(h + 1) * d] for h in range(heads)]
+    return grams
 
 
+@single_thread()
 def analyse_weights(layers: Iterable[tuple[str, CSALayer]]) -> list[LayerSpectrum]:
+    """Data-free spectra of every layer."""
     return [_layer_spectrum(name, layer, weight_grams(layer), "weights") for name, layer in layers]
 
 
@@ -173,6 +178,7 @@ class ActivationGrams:
 
         return record
 
+    @single_thread()
     def spectra(self) -> list[LayerSpectrum]:
         return [_layer_spectrum(name, layer, self.grams[name], "activations") for name, layer in self.layers]
 
