@@ -34,6 +34,15 @@ def unet_block_counts(keys: list[str], prefix: str) -> tuple[int, ...]:
     return (*blocks, count_indices(keys, f"{prefix}bottleneck.blocks"))
 
 
+def positional_branch(channels: int) -> nn.Sequential:
+    """MS-MSA's positional embedding of V_in: depthwise 3x3, GELU, depthwise 3x3 (`pos_emb.0/.2`)."""
+    return nn.Sequential(
+        nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False),
+        nn.GELU(),
+        nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False),
+    )
+
+
 class SpectralFeedForward(nn.Module):
     """1x1 to 4C, GELU, depthwise 3x3, GELU, 1x1 back; channels-last in and out."""
 
@@ -80,11 +89,7 @@ class SpectralAttention(CSALayer):
         self.to_v = nn.Linear(channels, inner, bias=False)
         self.rescale = nn.Parameter(torch.ones(num_heads, 1, 1))
         self.proj = nn.Linear(inner, channels, bias=True)
-        self.pos_emb = nn.Sequential(
-            nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False),
-            nn.GELU(),
-            nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False),
-        )
+        self.pos_emb = positional_branch(channels)
 
     def forward(self, x_in: torch.Tensor) -> torch.Tensor:
         b, h, w, c = x_in.shape

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from glmha.archs.base import CSALayer
-from glmha.archs.spectral_blocks import MaskGuidance
+from glmha.archs.spectral_blocks import MaskGuidance, positional_branch
 from glmha.config import StrictConfig
 from glmha.errors import GlmhaError
 
@@ -125,11 +125,7 @@ class GLMHASpectralAttention(GLMHALayer):
         self.v_reduce = nn.Conv1d(channels, reduced, 1, groups=num_heads, bias=False)
         self.rescale = nn.Parameter(torch.ones(num_heads, 1, 1))
         self.proj = nn.Linear(channels, channels, bias=True)
-        self.pos_emb = nn.Sequential(
-            nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False),
-            nn.GELU(),
-            nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False),
-        )
+        self.pos_emb = positional_branch(channels)
 
     def forward(self, x_in: torch.Tensor) -> torch.Tensor:
         return self._forward(x_in, None)
