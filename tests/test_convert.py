@@ -304,3 +304,20 @@ def test_cli_calibration_errors(family: str, phrase: str, tmp_path: Path, capsys
                          "--input-size", str(SIZES[family])]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and phrase in err[0]
+
+
+def test_top_level_python_api(tmp_path: Path) -> None:
+    """The README's dozen lines: load, analyse, plan, convert, export, load back."""
+    teacher_path = _teacher(tmp_path)
+    teacher = glmha.load(teacher_path)
+    spectra = glmha.analyse(teacher)
+    conversion = glmha.plan_conversion(teacher, spectra, ratio=0.5, input_size=(16, 16))
+    student = glmha.convert_model(teacher, conversion, spectra)
+    assert all(not isinstance(layer, GLMHALayer) for _, layer in teacher.csa_layers())  # teacher untouched
+    glmha.export(student, tmp_path / "student.safetensors")
+    reloaded = glmha.load(tmp_path / "student.safetensors")
+    inputs = example_batch(teacher, 16)
+    with torch.no_grad():
+        assert torch.equal(reloaded(*inputs), student(*inputs))
+    with pytest.raises(glmha.GlmhaError, match="not converted"):
+        glmha.export(teacher, tmp_path / "teacher.safetensors")
