@@ -21,6 +21,7 @@ from glmha.convert.initialise import INIT_METHODS
 from glmha.convert.layers import GLMHASettings
 from glmha.convert.mutate import apply_plan
 from glmha.convert.plan import ConversionPlan, PlanSettings, make_plan
+from glmha.convert.spectrum import SPECTRUM_MODES
 from glmha.errors import GlmhaError
 from glmha.io_utils import atomic_write_text, check_writable_target
 from glmha.loader import load
@@ -66,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     layer.add_argument("--alpha", type=float, default=0.6, help="calibration strength alpha (default 0.6)")
     layer.add_argument("--seed", type=int, default=0, help="seed of the new weights (default 0)")
     analysis = parser.add_argument_group("analysis and reports")
+    analysis.add_argument("--spectrum", choices=SPECTRUM_MODES, default="operator",
+                          help="data-free spectrum of each channel's full K/V operator (1x1 row and its "
+                          "depthwise filter; default) or of the 1x1 rows [W_K | W_V] alone")
     analysis.add_argument("--calib", metavar="DIR", help="folder of images: spectra from activations")
     analysis.add_argument("--calib-limit", type=int, default=16, metavar="N",
                           help="use at most N calibration images (default 16)")
@@ -107,7 +111,7 @@ def _run(args: argparse.Namespace) -> int:
         raise GlmhaError(f"{args.checkpoint}: already converted by glmha; convert the original teacher")
     height, width = args.input_size
     report = describe(model, height, width)
-    spectra = analyse(model, _calibration_inputs(model, args) if args.calib else None)
+    spectra = analyse(model, _calibration_inputs(model, args) if args.calib else None, mode=args.spectrum)
     plan = make_plan(model, spectra, settings, glmha_settings, height, width, cost=report.cost)
     print(f"checkpoint       {args.checkpoint}")
     print(format_report(report))

@@ -13,12 +13,13 @@ from glmha.convert.plan import ConversionPlan, PlanSettings, make_plan
 from glmha.convert.spectrum import ActivationGrams, LayerSpectrum, analyse_weights
 
 
-def analyse(model: RestorationModel,
-            calibration: Iterable[Sequence[torch.Tensor]] | None = None) -> list[LayerSpectrum]:
-    """Per-layer, per-head spectra: from the weights, or from activations on calibration inputs."""
+def analyse(model: RestorationModel, calibration: Iterable[Sequence[torch.Tensor]] | None = None,
+            *, mode: str = "operator") -> list[LayerSpectrum]:
+    """Per-layer, per-head spectra: from the weights (`mode` "operator" or "pointwise", see
+    glmha.convert.spectrum), or from activations on calibration inputs."""
     layers = model.csa_layers()
     if calibration is None:
-        return analyse_weights(layers)
+        return analyse_weights(layers, mode)
     with ActivationGrams(layers) as grams, torch.no_grad():
         seen = 0
         for inputs in calibration:

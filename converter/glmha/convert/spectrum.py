@@ -6,10 +6,13 @@ of R (the spectrum and its energy curve), its eigenvectors the left singular vec
 initialisation), and a pivoted Cholesky of G picks rows exactly as a column-pivoted QR of R^T
 would (the `select` initialisation) without ever forming R.
 
-* Data-free (default): the rows are the exact linear operators that generate each key/value
-  channel. For MDTA a channel is a 1x1 row w followed by its own depthwise 3x3 filter f, i.e. the
-  3x3 conv kernel w (x) f; the inner product of two such kernels is <w_a, w_b> <f_a, f_b>, so G is
-  a sum of Hadamard products. For MS-MSA the rows are the `to_q` and `to_v` weight rows.
+* Data-free (default): the rows are the key/value generator weights. With `mode="operator"` (the
+  default) they are the exact linear operators that generate each channel: for MDTA a channel is
+  a 1x1 row w followed by its own depthwise 3x3 filter f, i.e. the 3x3 kernel w (x) f, and the inner
+  product of two such kernels is <w_a, w_b> <f_a, f_b>, so G is a sum of Hadamard products. With
+  `mode="pointwise"` they are the 1x1 rows [W_K | W_V] alone. For MS-MSA both are the `to_q` and
+  `to_v` rows. bench/RESULTS.md compares the two: per MAC saved, the operator form keeps more of
+  the teacher's output.
 * From activations (`--calib`): the rows are the key/value activations over all calibration pixels,
   accumulated as Gram matrices.
 """
@@ -113,14 +116,21 @@ def pivoted_order(gram: np.ndarray | torch.Tensor) -> list[int]:
     return order + rest
 
 
-def weight_grams(layer: CSALayer) -> list[torch.Tensor]:
+SPECTRUM_MODES = ("operator", "pointwise")
+
+
+def weight_grams(layer: CSALayer, mode: str = "operator") -> list[torch.Tensor]:
     """Per-head Gram matrices of the joint key/value generator rows, from the weights alone."""
+    if mode not in SPECTRUM_MODES:
+        raise ValueError(f"unknown spectrum mode '{mode}'")
     c, heads = layer.channels, layer.num_heads
     d = c // heads
     with torch.no_grad():
         if isinstance(layer, RestormerAttention):
             w = layer.qkv.weight.detach().double().reshape(3 * c, c)  # (3C, C)
             f = layer.qkv_dwconv.weight.detach().double().reshape(3 * c, 9)  # (3C, 9)
+            if mode == "pointwise":
+                f = torch.ones_like(f)  # <f_a, f_b> == 9 everywhere: G is 9 [W_K | W_V][W_K | W_V]^T
             blocks = [(w[o:o + d], f[o:o + d]) for h in range(heads) for o in (c + h * d, 2 * c + h * d)]
             grams = [(wk @ wk.T) * (fk @ fk.T) + (wv @ wv.T) * (fv @ fv.T)  # kernel w (x) f inner products
                      for (wk, fk), (wv, fv) in zip(blocks[0::2], blocks[1::2], strict=True)]
@@ -135,9 +145,10 @@ def weight_grams(layer: CSALayer) -> list[torch.Tensor]:
 
 
 @single_thread()
-def analyse_weights(layers: Iterable[tuple[str, CSALayer]]) -> list[LayerSpectrum]:
+def analyse_weights(layers: Iterable[tuple[str, CSALayer]], mode: str = "operator") -> list[LayerSpectrum]:
     """Data-free spectra of every layer."""
-    return [_layer_spectrum(name, layer, weight_grams(layer), "weights") for name, layer in layers]
+    source = "weights" if mode == "operator" else f"weights ({mode})"
+    return [_layer_spectrum(name, layer, weight_grams(layer, mode), source) for name, layer in layers]
 
 
 def _layer_spectrum(name: str, layer: CSALayer, grams: Sequence[torch.Tensor], source: str) -> LayerSpectrum:
