@@ -321,3 +321,16 @@ def test_top_level_python_api(tmp_path: Path) -> None:
         assert torch.equal(reloaded(*inputs), student(*inputs))
     with pytest.raises(glmha.GlmhaError, match="not converted"):
         glmha.export(teacher, tmp_path / "teacher.safetensors")
+
+
+def test_outputs_get_ordinary_permissions(tmp_path: Path) -> None:
+    import os
+
+    from glmha.io_utils import atomic_write_text
+
+    umask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "report.json", "{}")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "report.json").stat().st_mode & 0o777 == 0o644
