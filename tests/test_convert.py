@@ -331,6 +331,9 @@ def test_outputs_get_ordinary_permissions(tmp_path: Path) -> None:
     umask = os.umask(0o022)
     try:
         atomic_write_text(tmp_path / "report.json", "{}")
+        student, _ = convert_to_glmha(tiny_model("restormer", 16), ratio=0.5, input_size=(16, 16))
+        glmha.export(student, tmp_path / "student.safetensors")
     finally:
         os.umask(umask)
     assert (tmp_path / "report.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "student.safetensors").stat().st_mode & 0o777 == 0o644
