@@ -20,7 +20,7 @@ from glmha.convert.export import export_model, sha256_file
 from glmha.convert.initialise import INIT_METHODS
 from glmha.convert.layers import GLMHASettings
 from glmha.convert.mutate import apply_plan
-from glmha.convert.plan import ConversionPlan, PlanSettings, make_plan
+from glmha.convert.plan import DEFAULT_ENERGY, ConversionPlan, PlanSettings, make_plan
 from glmha.convert.spectrum import SPECTRUM_MODES
 from glmha.errors import GlmhaError
 from glmha.io_utils import atomic_write_text, check_writable_target
@@ -28,7 +28,6 @@ from glmha.loader import load
 from glmha.report import describe, format_report, giga
 
 PROG = "glmha-convert"
-DEFAULT_ENERGY = 0.95
 EXPORT_SUFFIX = ".glmha.safetensors"
 
 

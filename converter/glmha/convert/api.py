@@ -9,7 +9,7 @@ import torch
 from glmha.archs import RestorationModel
 from glmha.convert.layers import GLMHASettings
 from glmha.convert.mutate import apply_plan
-from glmha.convert.plan import ConversionPlan, PlanSettings, make_plan
+from glmha.convert.plan import DEFAULT_ENERGY, ConversionPlan, PlanSettings, make_plan
 from glmha.convert.spectrum import ActivationGrams, LayerSpectrum, analyse_weights
 
 
@@ -30,7 +30,7 @@ def analyse(model: RestorationModel, calibration: Iterable[Sequence[torch.Tensor
     return grams.spectra()
 
 
-def plan(model: RestorationModel, spectra: list[LayerSpectrum], *, energy: float | None = 0.95,
+def plan(model: RestorationModel, spectra: list[LayerSpectrum], *, energy: float | None = DEFAULT_ENERGY,
          ratio: float | None = None, levels: Sequence[str] = (), rank_patterns: Sequence[str] = (),
          init: str = "select", alpha: float = 0.6, pool: int = 2, kernel: int = 3, seed: int = 0,
          input_size: tuple[int, int] = (256, 256)) -> ConversionPlan:

@@ -24,10 +24,12 @@ from glmha.counting import CostReport, count_macs, count_parameters
 from glmha.errors import GlmhaError
 from glmha.runtime import single_thread
 
+DEFAULT_ENERGY = 0.95  # spectrum energy each head keeps unless the user says otherwise
+
 
 @dataclass(frozen=True)
 class PlanSettings(StrictConfig):
-    energy: float | None = 0.95
+    energy: float | None = DEFAULT_ENERGY
     ratio: float | None = None  # fraction of key/value channels removed, e.g. 0.5
     levels: tuple[str, ...] = ()  # empty: every level
     rank_patterns: tuple[str, ...] = ()  # "REGEX=C'" (re.search on the layer name; last match wins)
