@@ -27,60 +27,107 @@ class StrictConfig:
                 object.__setattr__(self, field.name, tuple(value))
 
     @classmethod
-    def from_dict(cls: type[ConfigT], data: dict[str, Any]) -> ConfigT:
+    def from_dict(cls: type[ConfigT], data: dict[str, Any], *, where: str | None = None) -> ConfigT:
+        """Build from a JSON/YAML mapping. `where` (e.g. "train") prefixes every error with the
+        value's path in the user's file; without it the class name is used."""
+        prefix = cls.__name__ if where is None else where
+        label = prefix or "top level"
         if not isinstance(data, dict):
-            raise GlmhaError(f"{cls.__name__}: expected a mapping, got {type(data).__name__}")
+            raise GlmhaError(f"{label}: expected a mapping, got {_describe(data)}")
         fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(data) - set(fields))
         if unknown:
-            raise GlmhaError(f"{cls.__name__}: unknown key(s) {', '.join(unknown)}")
+            raise GlmhaError(f"{label}: unknown key(s) {', '.join(map(str, unknown))} "
+                             f"(known: {', '.join(fields)})")
         hints = typing.get_type_hints(cls)
         values = {}
         for name, value in data.items():
-            values[name] = _coerce(cls.__name__, name, hints[name], value)
-        return cls(**values)
+            values[name] = _coerce(f"{prefix}.{name}" if prefix else name, hints[name], value)
+        try:
+            return cls(**values)
+        except GlmhaError as error:
+            if not where:
+                raise
+            raise type(error)(f"{where}.{error}") from None
+        except TypeError as error:  # a required field is missing
+            missing = [n for n, f in fields.items() if n not in values
+                       and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+            if not missing:
+                raise
+            raise GlmhaError(f"{label}: missing required key(s) {', '.join(missing)}") from error
 
     def to_dict(self) -> dict[str, Any]:
         out = {}
         for field in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, field.name)
-            out[field.name] = list(value) if isinstance(value, tuple) else value
+            out[field.name] = _plain(getattr(self, field.name))
         return out
 
 
-def _coerce(owner: str, name: str, hint: Any, value: Any) -> Any:
+def _plain(value: Any) -> Any:
+    """JSON-ready form: nested configs become dicts, tuples lists."""
+    if isinstance(value, StrictConfig):
+        return value.to_dict()
+    if isinstance(value, tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _describe(value: Any) -> str:
+    """How a wrong value is shown: strings quoted, mappings and lists by kind."""
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, (list, tuple)):
+        return f"a list {list(value)!r}"
+    return repr(value)
+
+
+def _coerce(path: str, hint: Any, value: Any) -> Any:
     """Check a JSON value against a simple type hint; lists become tuples for tuple fields."""
     origin = typing.get_origin(hint)
+    if isinstance(hint, type) and issubclass(hint, StrictConfig):
+        return hint.from_dict(value, where=path)
+    if origin is typing.Literal:
+        choices = typing.get_args(hint)
+        if value not in choices or isinstance(value, bool) != any(isinstance(c, bool) for c in choices):
+            raise GlmhaError(f"{path}: expected one of {', '.join(map(str, choices))}, got {_describe(value)}")
+        return value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise GlmhaError(f"{owner}.{name}: expected a list, got {value!r}")
+            raise GlmhaError(f"{path}: expected a list, got {_describe(value)}")
         (item_type, _ellipsis) = typing.get_args(hint)
-        return tuple(_coerce(owner, name, item_type, item) for item in value)
+        return tuple(_coerce(f"{path}[{i}]", item_type, item) for i, item in enumerate(value))
     if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(hint):
+        options = typing.get_args(hint)
+        for option in options:
             try:
-                return _coerce(owner, name, option, value)
+                return _coerce(path, option, value)
             except GlmhaError:
                 continue
-        raise GlmhaError(f"{owner}.{name}: unexpected value {value!r}")
+        if len(options) == 2 and type(None) in options:  # Optional[X]: report X's own message
+            (inner,) = (o for o in options if o is not type(None))
+            try:
+                _coerce(path, inner, value)
+            except GlmhaError as error:
+                raise GlmhaError(f"{error} (or null)") from None
+        raise GlmhaError(f"{path}: unexpected value {_describe(value)}")
     if hint is type(None):
         if value is not None:
-            raise GlmhaError(f"{owner}.{name}: expected null, got {value!r}")
+            raise GlmhaError(f"{path}: expected null, got {_describe(value)}")
         return None
     if hint is bool:
         if not isinstance(value, bool):
-            raise GlmhaError(f"{owner}.{name}: expected true or false, got {value!r}")
+            raise GlmhaError(f"{path}: expected true or false, got {_describe(value)}")
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise GlmhaError(f"{owner}.{name}: expected an integer, got {value!r}")
+            raise GlmhaError(f"{path}: expected an integer, got {_describe(value)}")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise GlmhaError(f"{owner}.{name}: expected a number, got {value!r}")
+            raise GlmhaError(f"{path}: expected a number, got {_describe(value)}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
-            raise GlmhaError(f"{owner}.{name}: expected a string, got {value!r}")
+            raise GlmhaError(f"{path}: expected a string, got {_describe(value)}")
         return value
-    raise TypeError(f"unsupported config type {hint!r} for {owner}.{name}")
+    raise TypeError(f"unsupported config type {hint!r} for {path}")

@@ -59,6 +59,21 @@ class RestorationModel(nn.Module):
     def input_channels(self) -> int:
         raise NotImplementedError
 
+    @property
+    def output_channels(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def size_multiple(self) -> int:
+        """Whole images are padded to a multiple of this before the forward pass (1: any size)."""
+        return 1
+
+    def block_output(self, csa_name: str) -> tuple[str, bool]:
+        """Where the output of the block around a CSA layer can be observed by a forward hook:
+        (module name, whether that module's input must be added to its output, for a residual
+        that lives outside any module). Feature distillation compares these points."""
+        raise NotImplementedError
+
     def example_inputs(
         self, height: int, width: int, *, batch: int = 1, device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,

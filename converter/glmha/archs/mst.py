@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from glmha.archs.base import RestorationModel, shape_of, unet_level
-from glmha.archs.spectral_blocks import SpectralUNet, shift_back_offsets, unet_block_counts
+from glmha.archs.spectral_blocks import SpectralUNet, block_output, shift_back_offsets, unet_block_counts
 from glmha.config import StrictConfig
 from glmha.errors import ArchitectureError, InputShapeError
 
@@ -72,6 +72,9 @@ class MST(SpectralUNet, RestorationModel):
                 return width
             width += 1
 
+    def block_output(self, csa_name: str) -> tuple[str, bool]:
+        return block_output(csa_name)
+
     def csa_level(self, name: str) -> str:
         return unet_level(name, self.config.stage)
 
@@ -94,6 +97,18 @@ class MST(SpectralUNet, RestorationModel):
                 f"MST needs square inputs of at most 256x256 with sides divisible by {factor} "
                 f"(its shift-back hard-codes 256); got {height}x{width}"
             )
+
+    @property
+    def input_channels(self) -> int:
+        return self.config.bands
+
+    @property
+    def output_channels(self) -> int:
+        return self.config.bands
+
+    @property
+    def size_multiple(self) -> int:
+        return 2**self.config.stage
 
     def example_inputs(self, height, width, *, batch=1, device="cpu", dtype=torch.float32):
         self.check_input_size(height, width)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from glmha.archs.base import RestorationModel, count_indices, shape_of, unet_level
-from glmha.archs.spectral_blocks import SpectralUNet, unet_block_counts
+from glmha.archs.spectral_blocks import SpectralUNet, block_output, unet_block_counts
 from glmha.config import StrictConfig
 from glmha.errors import ArchitectureError, InputShapeError
 
@@ -65,6 +65,9 @@ class MSTPlusPlus(RestorationModel):
         out = self.conv_out(self.body(x)) + x
         return out[:, :, :height, :width]
 
+    def block_output(self, csa_name: str) -> tuple[str, bool]:
+        return block_output(csa_name)
+
     def csa_level(self, name: str) -> str:
         return unet_level(name, len(self.config.stage_blocks) - 1)
 
@@ -96,3 +99,7 @@ class MSTPlusPlus(RestorationModel):
     @property
     def input_channels(self) -> int:
         return self.config.in_channels
+
+    @property
+    def output_channels(self) -> int:
+        return self.config.out_channels

@@ -284,6 +284,20 @@ class Restormer(RestorationModel):
     def input_channels(self) -> int:
         return self.config.inp_channels
 
+    @property
+    def output_channels(self) -> int:
+        return self.config.out_channels
+
+    @property
+    def size_multiple(self) -> int:
+        return 8
+
+    def block_output(self, csa_name: str) -> tuple[str, bool]:
+        parent, _, leaf = csa_name.rpartition(".")
+        if leaf != "attn":
+            raise ArchitectureError(f"{csa_name} is not the attention of a Restormer transformer block")
+        return parent, False  # TransformerBlock returns x + attn + ffn: the block output itself
+
 
 def _expansion_factor(hidden_by_width: dict[int, int]) -> float:
     """Recover ffn_expansion_factor f from hidden = int(width * f) observed at several widths.

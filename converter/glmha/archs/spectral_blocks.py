@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from glmha.archs.base import CSALayer, count_indices
-from glmha.errors import InputShapeError
+from glmha.errors import ArchitectureError, InputShapeError
 
 SHIFT_REFERENCE = 256  # the official shift-back derives its step from 256 // height
 SHIFT_STEP = 2  # dispersion of the CASSI simulation, pixels per band at 256x256
@@ -174,11 +174,21 @@ class SpectralBlocks(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         x = x.permute(0, 2, 3, 1)  # (b, h, w, C)
+        # `block_output` below relies on this order: the block's output is ff's input + ff's output
         mask_last = None if mask is None else mask.permute(0, 2, 3, 1)  # (b, h, W', C)
         for attn, ff in self.blocks:
             x = (attn(x) if mask_last is None else attn(x, mask_last)) + x
             x = ff(x) + x
         return x.permute(0, 3, 1, 2)  # (b, C, h, w)
+
+
+def block_output(csa_name: str) -> tuple[str, bool]:
+    """The MSAB block around `...blocks.<i>.0` (attention) ends after its feed-forward `...blocks.<i>.1`,
+    whose residual is added outside any module, so a hook adds that module's input back."""
+    parent, _, leaf = csa_name.rpartition(".")
+    if leaf != "0" or not parent.split(".")[-1].isdigit():
+        raise ArchitectureError(f"{csa_name} is not the attention of a spectral block")
+    return f"{parent}.1", True
 
 
 class SpectralUNet(nn.Module):

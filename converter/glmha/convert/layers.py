@@ -59,6 +59,12 @@ class GLMHALayer(CSALayer):
 
     reduced_channels: int
     alpha: float
+    # submodules created by the conversion (the rest is copied from the CSA layer); distillation with
+    # `trainable: glmha` trains only these
+    NEW_SUBMODULES: tuple[str, ...] = ("calibrate",)
+
+    def new_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for name in self.NEW_SUBMODULES for p in getattr(self, name).parameters()]
 
     def _setup(self, channels: int, num_heads: int, reduced: int, settings: GLMHASettings) -> None:
         if reduced < num_heads or reduced % num_heads:
@@ -83,6 +89,8 @@ class GLMHALayer(CSALayer):
 
 class GLMHARestormerAttention(GLMHALayer):
     """GLMHA for MDTA: Q as before; K', V' from X~ by a 1x1 conv C -> 2C' and a depthwise 3x3."""
+
+    NEW_SUBMODULES = ("calibrate", "kv", "kv_dwconv")
 
     def __init__(self, channels: int, num_heads: int, reduced: int, bias: bool,
                  settings: GLMHASettings) -> None:
@@ -115,6 +123,8 @@ class GLMHASpectralAttention(GLMHALayer):
     positional branch needs the full-width V_in, so `to_v` stays C -> C and a per-head
     `v_reduce` (d -> d') forms V' from it: the same token set as the reduced keys.
     """
+
+    NEW_SUBMODULES = ("calibrate", "to_q", "v_reduce")
 
     def __init__(self, channels: int, num_heads: int, reduced: int, settings: GLMHASettings) -> None:
         super().__init__()

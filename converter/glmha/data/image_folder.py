@@ -24,18 +24,23 @@ _CHANNEL_MODES = {1: "L", 3: "RGB"}
 
 def list_images(folder: Path) -> list[Path]:
     """The image files directly in `folder` (not recursive), sorted by file name."""
+    return find_images(folder, f"calibration folder {Path(folder)}")
+
+
+def find_images(folder: Path, what: str) -> list[Path]:
+    """`list_images` with the error prefix `what` (e.g. "data.train: inputs folder /x"), for callers
+    that speak in their own terms (a recipe key rather than a CLI flag)."""
     folder = Path(folder)
     if not folder.exists():
-        raise GlmhaError(f"calibration folder {folder}: does not exist")
+        raise GlmhaError(f"{what}: does not exist")
     if not folder.is_dir():
-        raise GlmhaError(f"calibration folder {folder}: is not a folder")
+        raise GlmhaError(f"{what}: is not a folder")
     try:
         files = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
     except OSError as error:
-        raise GlmhaError(f"calibration folder {folder}: cannot be listed ({error.strerror or error})") from None
+        raise GlmhaError(f"{what}: cannot be listed ({error.strerror or error})") from None
     if not files:
-        raise GlmhaError(f"calibration folder {folder}: no images in it (looked for "
-                         f"{', '.join(IMAGE_SUFFIXES)}, any case)")
+        raise GlmhaError(f"{what}: no images in it (looked for {', '.join(IMAGE_SUFFIXES)}, any case)")
     return sorted(files, key=lambda p: p.name)
 
 
@@ -77,8 +82,34 @@ def read_image(path: Path, channels: int, *, multiple: int = 8, max_side: int = 
 
 def _load_pixels(path: Path, channels: int) -> np.ndarray:
     """Decode with Pillow and scale by the file's bit depth; any decoding failure names the file."""
+    return decode_image(path, channels, f"calibration image {path}")
+
+
+def _failure(error: Exception) -> str:
+    """Pillow's exception as a short parenthesis: its type and first line."""
+    first = str(error).splitlines()[0] if str(error) else "no details"
+    return f"({type(error).__name__}: {first})"
+
+
+def image_size(path: Path, what: str) -> tuple[int, int]:
+    """(H, W) from the file header only: Pillow opens lazily, so indexing thousands of files is fast."""
     from PIL import Image
 
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except Exception as error:  # Pillow raises many types for corrupt headers
+        raise GlmhaError(f"{what}: cannot be read {_failure(error)}") from None
+    return height, width
+
+
+def decode_image(path: Path, channels: int, what: str) -> np.ndarray:
+    """Pixels (H, W) or (H, W, 3) float32 in [0, 1]: 8-bit /255, 16-bit grey /65535. `what` starts
+    every error message, so each caller names the file in its own terms."""
+    from PIL import Image
+
+    if channels not in _CHANNEL_MODES:
+        raise GlmhaError(f"{what}: images can only feed 1- or 3-channel models, this one takes {channels}")
     try:
         with Image.open(path) as image:
             image.load()
@@ -88,12 +119,11 @@ def _load_pixels(path: Path, channels: int) -> np.ndarray:
                 grey = (np.clip(raw, 0.0, 65535.0) / 65535.0).astype(np.float32)
                 return grey if channels == 1 else np.stack([grey] * 3, axis=-1)  # (H, W, 3)
             if mode == "F":
-                raise GlmhaError(f"calibration image {path}: 32-bit float pixels (Pillow mode F) are not "
+                raise GlmhaError(f"{what}: 32-bit float pixels (Pillow mode F) are not "
                                  f"supported; save it as 8- or 16-bit")
             converted = image.convert(_CHANNEL_MODES[channels])
     except GlmhaError:
         raise
     except Exception as error:  # Pillow raises many types for corrupt data (OSError, SyntaxError, ...)
-        raise GlmhaError(f"calibration image {path}: cannot be read ({type(error).__name__}: "
-                         f"{str(error).splitlines()[0] if str(error) else 'no details'})") from None
+        raise GlmhaError(f"{what}: cannot be read {_failure(error)}") from None
     return np.asarray(converted, dtype=np.float32) / np.float32(255.0)  # (H, W) or (H, W, 3)

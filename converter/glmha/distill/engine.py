@@ -1,0 +1,515 @@
+"""The distillation run on Hugging Face Accelerate.
+
+One run = one recipe and one run directory. The student, optimizer, loaders and scheduler are
+prepared by Accelerate; the teacher stays frozen in eval mode on the device and is not prepared
+(nothing of it is trained or synchronised). Every sample is a pure function of (seed, sample index)
+(see glmha.distill.data), so resuming needs only the step count to put the data stream back where it
+was, and a resumed run ends bit-identical to an uninterrupted one on the same hardware.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from glmha.archs import RestorationModel
+from glmha.convert.export import export_model, sha256_file
+from glmha.convert.layers import GLMHASettings
+from glmha.distill import checkpointing
+from glmha.distill.data import TrainPatches, ValImages, check_patch_size, open_source
+from glmha.distill.evaluate import Evaluator, Scores
+from glmha.distill.losses import FeatureTap, distance_fn, feature_loss, feature_points
+from glmha.distill.optim import build_optimizer, build_scheduler, select_trainable
+from glmha.distill.recipe import Recipe, RecipeError, recipe_to_yaml, resume_differences
+from glmha.distill.table import TableRow, write_table
+from glmha.distill.trackers import CSVTracker, tensorboard_available
+from glmha.errors import GlmhaError
+from glmha.report import describe
+
+STUDENT_FILE = "student.safetensors"
+LOG_FILE = "log.csv"
+
+
+class TrainingDiverged(GlmhaError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    step: int
+    finished: bool  # reached train.steps
+    stopped_by: str | None  # "signal", "stop_at" or None
+    best_step: int | None
+    best_scores: Scores | None
+    table: str | None  # the final Markdown table
+    dry_run_loss: float | None = None
+
+
+@dataclass
+class RunState:
+    """What trainer_state.json holds besides the Accelerate state."""
+
+    step: int = 0
+    best_step: int | None = None
+    best: dict | None = None  # Scores.to_json() of the best student
+    teacher_scores: dict | None = None
+    converted_scores: dict | None = None
+    history: list = dataclasses.field(default_factory=list)  # [{"step": s, **scores}]
+
+
+class StopRequest:
+    """SIGINT/SIGTERM ask the run to stop after the current step and save; a second Ctrl-C aborts."""
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        self.requested = False
+        self.say = say
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.say("\nstop requested: finishing this step and saving a checkpoint (Ctrl-C again aborts)")
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def _choose_device(recipe: Recipe) -> bool:
+    """Whether to run on the CPU, checking the recipe's device and precision against the machine."""
+    train = recipe.train
+    has_cuda = torch.cuda.is_available()
+    if train.device == "cuda" and not has_cuda:
+        raise RecipeError("train.device: cuda was asked for, but no CUDA device is visible")
+    cpu = train.device == "cpu" or not has_cuda
+    if train.mixed_precision == "fp16" and cpu:
+        raise RecipeError("train.mixed_precision: fp16 needs a CUDA device; on the CPU use bf16 or no")
+    if train.mixed_precision == "bf16" and not cpu and not torch.cuda.is_bf16_supported():
+        raise RecipeError("train.mixed_precision: this GPU has no bf16; use fp16 or no")
+    return cpu
+
+
+def load_teacher(recipe: Recipe) -> RestorationModel:
+    from glmha.loader import load
+
+    teacher = load(recipe.teacher)
+    if getattr(teacher, "glmha_record", None) is not None:
+        raise RecipeError(f"teacher: {recipe.teacher} is a glmha export; give the original checkpoint it "
+                          f"was converted from")
+    return teacher
+
+
+def build_student(recipe: Recipe, teacher: RestorationModel, teacher_sha256: str,
+                  say: Callable[[str], None]) -> RestorationModel:
+    """The student from a glmha export, or by converting the teacher with the recipe's settings."""
+    from glmha.convert.api import analyse, convert
+    from glmha.convert.plan import make_plan
+    from glmha.loader import load
+
+    spec = recipe.student
+    if spec.path is not None:
+        student = load(spec.path)
+        record = getattr(student, "glmha_record", None)
+        if record is None:
+            raise RecipeError(f"student.path: {spec.path} is not a glmha export (convert it with glmha-convert)")
+        if student.family != teacher.family or student.config != teacher.config:
+            raise RecipeError(f"student.path: {spec.path} was converted from a different model "
+                              f"({student.family} {student.config.to_dict()}) than the teacher "
+                              f"({teacher.family} {teacher.config.to_dict()})")
+        if record.source_sha256 and record.source_sha256 != teacher_sha256:
+            say(f"note: {spec.path} was converted from a file with another SHA-256 than the teacher "
+                f"(same architecture; continuing)")
+        return student
+    spectra = analyse(teacher, mode=spec.spectrum)
+    settings = GLMHASettings(alpha=spec.alpha)
+    plan = make_plan(teacher, spectra, spec.plan_settings(), settings, *recipe.eval.input_size)
+    student = convert(teacher, plan, spectra)
+    student.glmha_record.source_sha256 = teacher_sha256
+    student.glmha_record.source_file = Path(recipe.teacher).name
+    return student
+
+
+def _check_data_fits(recipe: Recipe, teacher: RestorationModel) -> None:
+    if teacher.family == "mst":
+        raise RecipeError("data: MST-L takes CASSI measurements and masks, which image folders cannot provide; "
+                          "spectral data readers are not available yet")
+    wants_targets = recipe.data.train.has_target or recipe.data.val.has_target
+    if wants_targets and teacher.output_channels != teacher.input_channels:
+        raise RecipeError(f"data: the teacher maps {teacher.input_channels} to {teacher.output_channels} "
+                          f"channels; image ground truth cannot be compared with its output, use "
+                          f"{{inputs: DIR}} sources (pure teacher distillation)")
+    try:
+        teacher.check_input_size(recipe.data.patch_size, recipe.data.patch_size)
+    except GlmhaError as error:
+        raise RecipeError(f"data.patch_size: {error}") from None
+
+
+class Distillation:
+    """Builds everything a recipe describes and runs (or resumes) it."""
+
+    def __init__(self, recipe: Recipe, *, restart: bool = False, stop_at: int | None = None,
+                 dry_run: bool = False, progress: bool = True, say: Callable[[str], None] | None = None) -> None:
+        self.recipe = recipe
+        self.restart = restart
+        self.stop_at = stop_at
+        self.dry_run = dry_run
+        self.progress = progress
+        self._say = say or (lambda text: print(text, flush=True))
+        if stop_at is not None and stop_at < 1:
+            raise GlmhaError(f"--stop-at must be a positive step, got {stop_at}")
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def say(self, text: str) -> None:
+        if self.accelerator is None or self.accelerator.is_main_process:
+            self._say(text)
+
+    def _make_accelerator(self):
+        from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration
+
+        recipe = self.recipe
+        cpu = _choose_device(recipe)
+        trackers: list = []
+        run_dir = recipe.run_dir
+        if not self.dry_run:
+            tensorboard = recipe.output.tensorboard
+            if tensorboard is True and not tensorboard_available():
+                raise RecipeError("output.tensorboard: true, but TensorBoard is not installed "
+                                  "(pip install tensorboard, or set it to auto)")
+            if tensorboard is True or (tensorboard == "auto" and tensorboard_available()):
+                trackers.append("tensorboard")
+        return Accelerator(
+            cpu=cpu, mixed_precision=recipe.train.mixed_precision,
+            gradient_accumulation_steps=recipe.train.grad_accum,
+            log_with=trackers or None,
+            project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir)),
+        ), trackers
+
+    def run(self) -> RunResult:
+        from accelerate.utils import set_seed
+
+        self.accelerator = None
+        recipe = self.recipe
+        accelerator, tracker_names = self._make_accelerator()
+        self.accelerator = accelerator
+        run_dir = recipe.run_dir
+        root = checkpointing.checkpoint_root(run_dir)
+
+        resume = None if (self.restart or self.dry_run) else checkpointing.latest_checkpoint(root)
+        teacher_sha256 = sha256_file(recipe.teacher)
+        state = RunState()
+        if resume is not None:
+            state = self._check_resumable(resume, teacher_sha256, accelerator.num_processes)
+
+        set_seed(recipe.train.seed)
+        teacher = load_teacher(recipe)
+        _check_data_fits(recipe, teacher)
+        student = build_student(recipe, teacher, teacher_sha256, self.say)
+        teacher.to(accelerator.device).eval().requires_grad_(False)
+        student.to(accelerator.device).train()
+        params = select_trainable(student, recipe.train.trainable)
+
+        train_source = open_source(recipe.data.train, channels=teacher.input_channels, where="data.train")
+        check_patch_size(train_source, recipe.data.patch_size)
+        val_source = open_source(recipe.data.val, channels=teacher.input_channels, where="data.val")
+
+        micro_batches = recipe.train.steps * recipe.train.grad_accum * accelerator.num_processes
+        train_set = TrainPatches(train_source, patch_size=recipe.data.patch_size,
+                                 length=micro_batches * recipe.data.batch_size, seed=recipe.train.seed,
+                                 flips=recipe.data.flips)
+        val_set = ValImages(val_source, seed=0, limit=recipe.data.val_limit, crop=recipe.data.val_crop)
+        workers = recipe.data.workers
+        train_loader = DataLoader(train_set, batch_size=recipe.data.batch_size, shuffle=False, drop_last=True,
+                                  num_workers=workers, persistent_workers=workers > 0)
+        val_loader = DataLoader(val_set, batch_size=1, shuffle=False, num_workers=workers)
+
+        optimizer = build_optimizer(params, recipe.train)
+        scheduler = build_scheduler(optimizer, recipe.train, accelerator.num_processes)
+        model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
+            student, optimizer, train_loader, val_loader, scheduler)
+        student = accelerator.unwrap_model(model)
+
+        points = feature_points(student) if recipe.loss.features > 0 else []
+        taps = (FeatureTap(teacher, points), FeatureTap(student, points)) if points else None
+        evaluator = Evaluator(accelerator, val_loader, teacher, multiple=teacher.size_multiple,
+                              metrics=recipe.eval.metrics, has_target=recipe.data.val.has_target)
+        self.parts = dict(teacher=teacher, student=student, model=model, optimizer=optimizer,
+                          scheduler=scheduler, train_loader=train_loader, evaluator=evaluator, taps=taps)
+        if self.dry_run:
+            return self._dry_run(teacher, student)
+
+        if resume is not None:
+            accelerator.load_state(str(resume[1]))
+            self.say(f"resuming from {resume[1]} (step {state.step} of {recipe.train.steps})")
+        elif accelerator.is_main_process:
+            if self.restart and root.exists():
+                import shutil
+
+                shutil.rmtree(root)
+                (run_dir / STUDENT_FILE).unlink(missing_ok=True)
+            run_dir.mkdir(parents=True, exist_ok=True)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            checkpointing.remove_partials(root)
+            from glmha.io_utils import atomic_write_text
+
+            atomic_write_text(run_dir / "recipe.yaml", recipe_to_yaml(recipe))
+
+        csv_tracker = CSVTracker(run_dir / LOG_FILE, resume_step=state.step if resume else None) \
+            if accelerator.is_main_process else None
+        if csv_tracker is not None:
+            accelerator.trackers.append(csv_tracker)
+        if tracker_names:
+            accelerator.init_trackers("tensorboard", config=_scalar_config(recipe.to_dict()))
+
+        try:
+            return self._train(state, teacher_sha256, resume)
+        finally:
+            accelerator.end_training()
+            if taps is not None:
+                for tap in taps:
+                    tap.remove()
+
+    def _check_resumable(self, resume: tuple[int, Path], teacher_sha256: str, processes: int) -> RunState:
+        step, folder = resume
+        saved = checkpointing.read_state(folder)
+        differences = resume_differences(checkpointing.read_saved_recipe(folder), self.recipe.to_dict())
+        if saved.get("teacher_sha256") != teacher_sha256:
+            old = str(saved.get("teacher_sha256"))[:12]
+            differences.append(f"teacher: file content changed (SHA-256 {old}... -> {teacher_sha256[:12]}...)")
+        if saved.get("num_processes") != processes:
+            differences.append(f"processes: {saved.get('num_processes')} -> {processes}")
+        if differences:
+            raise RecipeError(
+                f"cannot resume from {folder} (step {step}): the recipe changed in a way that alters "
+                f"training:\n  " + "\n  ".join(differences) +
+                "\nrestore these values, or rerun with --restart to start over (that deletes the checkpoints)")
+        fields = {f.name for f in dataclasses.fields(RunState)}
+        return RunState(**{k: v for k, v in saved.items() if k in fields})
+
+    # -- training -------------------------------------------------------------------------------
+    def _losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        recipe, parts = self.recipe, self.parts
+        distance = distance_fn(recipe.loss.distance)
+        taps = parts["taps"]
+        if taps is not None:
+            taps[0].clear()
+            taps[1].clear()
+        inputs = batch["input"]
+        with torch.no_grad(), self.accelerator.autocast():
+            teacher_out = parts["teacher"](inputs)
+        student_out = parts["model"](inputs)
+        terms: dict[str, torch.Tensor] = {}
+        if recipe.loss.output > 0:
+            terms["loss_output"] = distance(student_out, teacher_out)
+        if recipe.loss.features > 0:
+            terms["loss_features"] = feature_loss(taps[1].values, taps[0].values, distance)
+        if recipe.loss.gt > 0:
+            terms["loss_gt"] = distance(student_out, batch["target"])
+        weights = {"loss_output": recipe.loss.output, "loss_features": recipe.loss.features,
+                   "loss_gt": recipe.loss.gt}
+        loss = sum(weights[k] * v for k, v in terms.items())
+        return loss, {k: float(v.detach()) for k, v in terms.items()}
+
+    def _dry_run(self, teacher: RestorationModel, student: RestorationModel) -> RunResult:
+        accelerator, parts = self.accelerator, self.parts
+        batch = next(iter(parts["train_loader"]))
+        started = time.perf_counter()
+        with accelerator.accumulate(parts["model"]):
+            loss, terms = self._losses(batch)
+            accelerator.backward(loss)
+            parts["optimizer"].zero_grad()
+        seconds = time.perf_counter() - started
+        trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
+        converted = len(student.glmha_record.reduced)
+        self.say(recipe_to_yaml(self.recipe).rstrip())
+        self.say(f"\ndry run: teacher {teacher.family} {sum(p.numel() for p in teacher.parameters()):,} params; "
+                 f"student {sum(p.numel() for p in student.parameters()):,} params, {converted} GLMHA layers, "
+                 f"{trainable:,} trainable; one step on a batch of {tuple(batch['input'].shape)}: "
+                 f"loss {float(loss.detach()):.6f} ({', '.join(f'{k} {v:.6f}' for k, v in terms.items())}) "
+                 f"in {seconds:.2f} s on {accelerator.device}. Nothing written.")
+        return RunResult(self.recipe.run_dir, 0, False, None, None, None, None, dry_run_loss=float(loss.detach()))
+
+    def _batches(self, start_step: int) -> Iterator[dict[str, torch.Tensor]]:
+        loader = self.parts["train_loader"]
+        skip = start_step * self.recipe.train.grad_accum
+        return iter(self.accelerator.skip_first_batches(loader, skip) if skip else loader)
+
+    def _train(self, state: RunState, teacher_sha256: str, resumed: tuple[int, Path] | None) -> RunResult:
+        recipe, accelerator, parts = self.recipe, self.accelerator, self.parts
+        train, run_dir = recipe.train, recipe.run_dir
+        root = checkpointing.checkpoint_root(run_dir)
+        model, optimizer, scheduler = parts["model"], parts["optimizer"], parts["scheduler"]
+        evaluator: Evaluator = parts["evaluator"]
+        last_saved: Path | None = resumed[1] if resumed else None
+
+        def save(step: int) -> Path:
+            payload = {**dataclasses.asdict(state), "step": step, "teacher_sha256": teacher_sha256,
+                       "num_processes": accelerator.num_processes}
+            return checkpointing.save_checkpoint(accelerator, root, step, payload, recipe_to_yaml(recipe),
+                                                 train.keep_checkpoints)
+
+        def evaluate(step: int) -> None:
+            model.eval()
+            scores = evaluator.evaluate(parts["student"])
+            model.train()
+            state.history.append({"step": step, **scores.to_json()})
+            accelerator.log(scores.log_values(), step=step)
+            best = Scores.from_json(state.best) if state.best else None
+            if best is None or scores.key > best.key:
+                state.best, state.best_step = scores.to_json(), step
+                if accelerator.is_main_process:
+                    export_model(parts["student"], run_dir / STUDENT_FILE)
+            self.say(f"step {step}: {_describe_scores(scores)}"
+                     f"{'  (best so far, exported)' if state.best_step == step else ''}")
+
+        if resumed is None:
+            teacher_scores = evaluator.evaluate(None)
+            state.teacher_scores = teacher_scores.to_json()
+            self.say(f"teacher: {_describe_scores(teacher_scores)}")
+            evaluate(0)
+            state.converted_scores = {k: v for k, v in state.history[-1].items() if k != "step"}
+
+        progress = _progress_bar(train.steps, state.step, enabled=self.progress and accelerator.is_main_process)
+        stopped_by = None
+        step = state.step
+        batches = self._batches(step)
+        window_seconds, window_samples = 0.0, 0
+        with StopRequest(self.say) as stop, progress:
+            while step < train.steps:
+                sums: dict[str, float] = {}
+                lr = optimizer.param_groups[0]["lr"]
+                started = time.perf_counter()
+                for _ in range(train.grad_accum):
+                    batch = next(batches)
+                    with accelerator.accumulate(model):
+                        loss, terms = self._losses(batch)
+                        accelerator.backward(loss)
+                        if accelerator.sync_gradients and train.max_grad_norm is not None:
+                            accelerator.clip_grad_norm_(model.parameters(), train.max_grad_norm)
+                        optimizer.step()
+                        scheduler.step()
+                        optimizer.zero_grad()
+                    for key, value in {"loss": float(loss.detach()), **terms}.items():
+                        sums[key] = sums.get(key, 0.0) + value / train.grad_accum
+                    window_samples += batch["input"].shape[0] * accelerator.num_processes
+                window_seconds += time.perf_counter() - started
+                step += 1
+                state.step = step
+                keys = sorted(sums)
+                shared = accelerator.reduce(torch.tensor([sums[k] for k in keys] + [float(stop.requested)],
+                                                         dtype=torch.float64, device=accelerator.device), "sum")
+                means = (float(v) / accelerator.num_processes for v in shared[:-1].tolist())
+                values = dict(zip(keys, means, strict=True))
+                if not math.isfinite(values["loss"]):
+                    raise TrainingDiverged(
+                        f"loss is {values['loss']} at step {step}; stopped. Last good checkpoint: "
+                        f"{last_saved if last_saved else 'none (no checkpoint was written yet)'}")
+                if step % 10 == 0 or step == train.steps:  # training throughput, evaluation excluded
+                    values["samples_per_s"] = window_samples / max(window_seconds, 1e-9)
+                    window_seconds, window_samples = 0.0, 0
+                accelerator.log({**values, "lr": lr}, step=step)
+                progress.update(1)
+                progress.set_postfix(loss=f"{values['loss']:.4g}", lr=f"{lr:.3g}", refresh=False)
+
+                if step % recipe.eval.every == 0 or step == train.steps:
+                    evaluate(step)
+                stop_now = shared[-1].item() > 0 or (self.stop_at is not None and step >= self.stop_at)
+                if step % train.checkpoint_every == 0 or step == train.steps or stop_now:
+                    last_saved = save(step)
+                if stop_now and step < train.steps:
+                    stopped_by = "signal" if shared[-1].item() > 0 else "stop_at"
+                    break
+        if stopped_by is not None:
+            self.say(f"stopped at step {step}; checkpoint {last_saved}. Rerun the same command to continue.")
+            return RunResult(run_dir, step, False, stopped_by, state.best_step,
+                             Scores.from_json(state.best) if state.best else None, None)
+        table = self._final_table(state)
+        self.say(table)
+        return RunResult(run_dir, step, True, None, state.best_step, Scores.from_json(state.best), table)
+
+    # -- the end --------------------------------------------------------------------------------
+    def _final_table(self, state: RunState) -> str:
+        recipe, parts, accelerator = self.recipe, self.parts, self.accelerator
+        height, width = recipe.eval.input_size
+        rows = []
+        for name, model, scores, size in (
+            ("teacher", parts["teacher"], state.teacher_scores, Path(recipe.teacher).stat().st_size),
+            ("converted (before distillation)", parts["student"], state.converted_scores, None),
+            (f"distilled (step {state.best_step})", parts["student"], state.best,
+             (recipe.run_dir / STUDENT_FILE).stat().st_size if (recipe.run_dir / STUDENT_FILE).exists() else None),
+        ):
+            cost = _costs(model, height, width)
+            rows.append(TableRow(name, cost[0], cost[1], cost[2], size, Scores.from_json(scores),
+                                 is_teacher=name == "teacher"))
+        rows[1] = dataclasses.replace(rows[1], file_bytes=rows[2].file_bytes)
+        notes = [f"Validation: {rows[0].scores.images} images; best student by "
+                 f"{'PSNR vs GT' if rows[0].scores.psnr_gt is not None else 'PSNR vs teacher'}, "
+                 f"exported to {recipe.run_dir / STUDENT_FILE}."]
+        markdown = None
+        if accelerator.is_main_process:
+            markdown = write_table(recipe.run_dir, rows, input_size=(height, width), notes=notes,
+                                   extra={"steps": recipe.train.steps, "best_step": state.best_step,
+                                          "history": state.history})
+        return markdown or ""
+
+
+def _costs(model: RestorationModel, height: int, width: int) -> tuple[int, int, int]:
+    report = describe(model, height, width)
+    return report.params, report.macs_linear, report.macs_total
+
+
+def _describe_scores(scores: Scores) -> str:
+    parts = []
+    if scores.psnr_gt is not None:
+        parts.append(f"PSNR {scores.psnr_gt:.2f} dB" + (f", SSIM {scores.ssim_gt:.4f}" if scores.ssim_gt else "")
+                     + " vs GT")
+    if scores.psnr_teacher is not None:
+        parts.append(f"PSNR {scores.psnr_teacher:.2f} dB vs teacher")
+    return "; ".join(parts) + f" ({scores.images} images)"
+
+
+def _scalar_config(recipe: dict[str, Any]) -> dict[str, Any]:
+    from glmha.distill.recipe import flatten
+
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(recipe).items()}
+
+
+def _progress_bar(total: int, initial: int, *, enabled: bool):
+    if not enabled:
+        return _NoProgress()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr,
+                mininterval=0.5, smoothing=0.1)
+
+
+class _NoProgress(contextlib.AbstractContextManager):
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, _n: int) -> None:
+        pass
+
+    def set_postfix(self, **_kwargs: Any) -> None:
+        pass
