@@ -189,6 +189,7 @@ class Distillation:
 
         recipe = self.recipe
         cpu = _choose_device(recipe)
+        _reset_single_process_state()
         trackers: list = []
         run_dir = recipe.run_dir
         if not self.dry_run:
@@ -472,6 +473,18 @@ class Distillation:
                                    extra={"steps": recipe.train.steps, "best_step": state.best_step,
                                           "history": state.history})
         return markdown or ""
+
+
+def _reset_single_process_state() -> None:
+    """Accelerate keeps its state (device, precision) in process-wide singletons. A launched process
+    runs one recipe, but Python users and tests may run several recipes in one process, each with its
+    own precision, so outside a process group the previous run's state is dropped."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
 
 
 def _costs(model: RestorationModel, height: int, width: int) -> tuple[int, int, int]:

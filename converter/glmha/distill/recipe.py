@@ -276,6 +276,33 @@ RESUMABLE_CHANGES = ("train.checkpoint_every", "train.keep_checkpoints", "train.
                      "output.tensorboard")
 
 
+def _yaml_loader():
+    """PyYAML follows YAML 1.1, where `1e-4` (no dot) is a string; recipes write learning rates that
+    way all the time, so floats in exponent notation without a dot are recognised too."""
+    import re
+
+    import yaml
+
+    class RecipeLoader(yaml.SafeLoader):
+        pass
+
+    RecipeLoader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.X),
+        list("-+0123456789."))
+    return RecipeLoader
+
+
+def load_yaml_text(text: str) -> Any:
+    import yaml
+
+    return yaml.load(text, Loader=_yaml_loader())  # a SafeLoader subclass: no arbitrary objects
+
+
 def read_yaml(path: Path) -> Any:
     import yaml
 
@@ -289,7 +316,7 @@ def read_yaml(path: Path) -> Any:
     except (OSError, UnicodeDecodeError) as error:
         raise RecipeError(f"recipe {path}: cannot be read ({error})") from None
     try:
-        return yaml.safe_load(text)
+        return load_yaml_text(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -307,7 +334,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
         if not sep or not all(parts):
             raise RecipeError(f"--set {item}: expected KEY.PATH=VALUE, e.g. train.lr=1e-4")
         try:
-            value = yaml.safe_load(text) if text.strip() else None
+            value = load_yaml_text(text) if text.strip() else None
         except yaml.YAMLError:
             value = text
         node = raw
@@ -331,7 +358,12 @@ def parse_recipe(raw: Any, *, default_name: str = "run") -> Recipe:
         raise RecipeError(f"version: missing; this glmha reads recipe version {RECIPE_VERSION} (add `version: 1`)")
     if version != RECIPE_VERSION:
         raise RecipeError(f"version: this glmha reads recipe version {RECIPE_VERSION}, got {_describe(version)}")
-    recipe = Recipe.from_dict(raw, where="")
+    try:
+        recipe = Recipe.from_dict(raw, where="")
+    except RecipeError:
+        raise
+    except GlmhaError as error:  # from the shared config machinery: the same message, as a recipe error
+        raise RecipeError(str(error)) from None
     if recipe.output.dir is None:
         recipe = dataclasses.replace(recipe, output=dataclasses.replace(recipe.output, dir=f"runs/{default_name}"))
     return recipe

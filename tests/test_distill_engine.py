@@ -1,0 +1,228 @@
+"""The distillation engine end to end on a tiny teacher: it learns, resumes exactly, survives
+interruptions and crashes while checkpointing, stops on NaN, and exports a loadable best student."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import signal
+
+import pytest
+import torch
+
+import glmha
+from glmha.convert.layers import GLMHALayer
+from glmha.distill import RecipeError, TrainingDiverged, distill
+from glmha.distill import checkpointing as ckpt
+from glmha.distill.engine import Distillation, build_student, load_teacher
+
+from distill_helpers import final_weights, tiny_recipe
+
+
+def run(recipe, **kwargs):
+    return distill(recipe, progress=False, **kwargs)
+
+
+def log_rows(run_dir):
+    with (run_dir / "log.csv").open(newline="") as handle:
+        return [{k: v for k, v in row.items() if k != "samples_per_s"} for row in csv.DictReader(handle)]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted run that the interruption tests compare with."""
+    folder = tmp_path_factory.mktemp("reference")
+    result = run(tiny_recipe(folder))
+    return folder, result
+
+
+def test_distillation_lowers_the_error_against_the_teacher(reference):
+    folder, result = reference
+    report = json.loads((folder / "run" / "report.json").read_text())
+    teacher, converted, distilled = report["rows"]
+    assert [teacher["name"], converted["name"]] == ["teacher", "converted (before distillation)"]
+    assert distilled["psnr_teacher"] > converted["psnr_teacher"] + 0.5
+    assert result.finished and result.step == 6 and result.best_step == 6
+    # params and MACs of the student are the converted model's, and lower than the teacher's
+    assert distilled["params"] == converted["params"] < teacher["params"]
+    assert distilled["macs_total"] == converted["macs_total"] < teacher["macs_total"]
+    md = (folder / "run" / "report.md").read_text()
+    assert "| teacher |" in md and "| distilled (step 6) |" in md
+
+
+def test_best_student_is_exported_and_loads_back(reference):
+    folder, _ = reference
+    student = glmha.load(folder / "run" / "student.safetensors")
+    assert any(isinstance(m, GLMHALayer) for m in student.modules())
+    weights = final_weights(folder / "run")  # best step == last step here
+    for name, tensor in student.state_dict().items():
+        assert torch.equal(tensor, weights[name]), name
+
+
+def test_run_directory_layout_and_log(reference):
+    folder, _ = reference
+    run_dir = folder / "run"
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "checkpoints", "log.csv", "recipe.yaml", "report.json", "report.md", "student.safetensors"]
+    assert [p.name for p in sorted((run_dir / "checkpoints").iterdir())] == ["step_4", "step_6"]  # keep 2
+    for step_dir in (run_dir / "checkpoints").iterdir():
+        assert (step_dir / ckpt.MARKER).is_file()
+    rows = log_rows(run_dir)
+    train_steps = [int(r["step"]) for r in rows if r["loss"]]
+    assert train_steps == [1, 2, 3, 4, 5, 6]
+    eval_steps = [int(r["step"]) for r in rows if r["val_psnr_teacher"]]
+    assert eval_steps == [0, 3, 6]
+
+
+def test_stop_and_rerun_is_bit_identical(reference, tmp_path):
+    ref_folder, _ = reference
+    recipe = tiny_recipe(tmp_path)
+    first = run(recipe, stop_at=3)
+    assert first.stopped_by == "stop_at" and first.step == 3 and not first.finished
+    assert ckpt.latest_checkpoint(tmp_path / "run" / "checkpoints")[0] == 3
+    second = run(recipe)
+    assert second.finished and second.step == 6
+    expected, got = final_weights(ref_folder / "run"), final_weights(tmp_path / "run")
+    assert expected.keys() == got.keys()
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+    assert log_rows(tmp_path / "run") == log_rows(ref_folder / "run")
+
+
+def test_interrupt_saves_and_resumes_identically(reference, tmp_path):
+    """Ctrl-C (SIGINT) during step 2 stops after that step with a checkpoint; rerunning finishes the
+    same weights as an uninterrupted run."""
+    ref_folder, _ = reference
+    recipe = tiny_recipe(tmp_path)
+    engine = Distillation(recipe, progress=False)
+    original = Distillation._losses
+    calls = {"n": 0}
+
+    def losses_with_ctrl_c(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, batch)
+
+    Distillation._losses = losses_with_ctrl_c
+    try:
+        result = engine.run()
+    finally:
+        Distillation._losses = original
+    assert result.stopped_by == "signal" and result.step == 2
+    assert ckpt.latest_checkpoint(tmp_path / "run" / "checkpoints")[0] == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    run(recipe)
+    expected, got = final_weights(ref_folder / "run"), final_weights(tmp_path / "run")
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(reference, tmp_path, monkeypatch):
+    ref_folder, _ = reference
+    recipe = tiny_recipe(tmp_path)
+    original = ckpt._write_synced
+
+    def crash_on_marker_of_step_4(path, text):
+        if path.name == ckpt.MARKER and ".partial-step_4" in str(path):
+            raise OSError("disk full (simulated)")
+        original(path, text)
+
+    monkeypatch.setattr(ckpt, "_write_synced", crash_on_marker_of_step_4)
+    with pytest.raises(OSError, match="simulated"):
+        run(recipe)
+    root = tmp_path / "run" / "checkpoints"
+    assert (root / ".partial-step_4").is_dir()  # the half-written one
+    assert ckpt.latest_checkpoint(root)[0] == 2  # ... is not considered
+    monkeypatch.setattr(ckpt, "_write_synced", original)
+    result = run(recipe)
+    assert result.finished
+    assert not (root / ".partial-step_4").exists()
+    expected, got = final_weights(ref_folder / "run"), final_weights(tmp_path / "run")
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def test_changed_recipe_is_refused_with_the_difference_and_restart_starts_over(tmp_path):
+    run(tiny_recipe(tmp_path, train={"steps": 4}), stop_at=2)
+    changed = tiny_recipe(tmp_path, train={"steps": 4, "lr": 1e-3}, loss={"features": 0.5})
+    with pytest.raises(RecipeError) as error:
+        run(changed)
+    message = str(error.value)
+    assert "step 2" in message and "train.lr: 0.005 -> 0.001" in message
+    assert "loss.features: 0.1 -> 0.5" in message and "--restart" in message
+    # changes that cannot alter the weights are accepted
+    run(tiny_recipe(tmp_path, train={"steps": 4, "keep_checkpoints": 1, "checkpoint_every": 1}), stop_at=3)
+    result = run(changed, restart=True)
+    assert result.finished
+    state = ckpt.read_state(ckpt.latest_checkpoint(tmp_path / "run" / "checkpoints")[1])
+    assert state["step"] == 4 and [h["step"] for h in state["history"]] == [0, 3, 4]
+
+
+def test_nan_loss_stops_naming_the_step_and_the_last_checkpoint(tmp_path):
+    recipe = tiny_recipe(tmp_path)
+    original = Distillation._losses
+    calls = {"n": 0}
+
+    def poisoned(self, batch):
+        calls["n"] += 1
+        loss, terms = original(self, batch)
+        return (loss * float("nan"), terms) if calls["n"] == 3 else (loss, terms)
+
+    Distillation._losses = poisoned
+    try:
+        with pytest.raises(TrainingDiverged) as error:
+            run(recipe)
+    finally:
+        Distillation._losses = original
+    assert "at step 3" in str(error.value)
+    assert str(tmp_path / "run" / "checkpoints" / "step_2") in str(error.value)
+
+
+def test_gradient_accumulation_matches_a_larger_batch(tmp_path):
+    """batch 1 x 2 accumulated micro-batches sees the same samples as batch 2: same weights."""
+    big = run(tiny_recipe(tmp_path / "a", train={"steps": 3}))
+    small = run(tiny_recipe(tmp_path / "b", data={"batch_size": 1}, train={"steps": 3, "grad_accum": 2}))
+    assert big.finished and small.finished
+    a, b = final_weights(tmp_path / "a" / "run"), final_weights(tmp_path / "b" / "run")
+    # equal up to float rounding (summation order); a wrong loss scaling would differ by ~lr = 5e-3
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
+def test_trainable_glmha_freezes_everything_else(tmp_path):
+    recipe = tiny_recipe(tmp_path, train={"steps": 2})
+    initial = build_student(recipe, load_teacher(recipe), "", print).state_dict()  # conversion is deterministic
+    run(recipe)
+    trained = final_weights(tmp_path / "run")
+    student = glmha.load(tmp_path / "run" / "student.safetensors")
+    new = tuple(f"{name}.{sub}." for name, m in student.named_modules() if isinstance(m, GLMHALayer)
+                for sub in m.NEW_SUBMODULES)
+    changed = {k for k in trained if not torch.equal(trained[k], initial[k])}
+    assert changed and all(k.startswith(new) for k in changed)
+    assert any(".calibrate." in k for k in changed) and any(".kv." in k for k in changed)
+
+
+def test_bf16_mixed_precision_runs_on_cpu(tmp_path):
+    result = run(tiny_recipe(tmp_path, train={"steps": 2, "mixed_precision": "bf16"}))
+    assert result.finished
+
+
+def test_fp16_on_cpu_is_refused(tmp_path):
+    with pytest.raises(RecipeError, match=re.escape("train.mixed_precision: fp16 needs a CUDA device")):
+        run(tiny_recipe(tmp_path, train={"mixed_precision": "fp16", "device": "cpu"}))
+
+
+def test_dry_run_writes_nothing(tmp_path, capsys):
+    result = run(tiny_recipe(tmp_path), dry_run=True)
+    out = capsys.readouterr().out
+    assert "version: 1" in out and "dry run:" in out and "Nothing written" in out
+    assert result.dry_run_loss is not None and result.dry_run_loss > 0
+    assert not (tmp_path / "run").exists()
+
+
+def test_trainable_all_updates_copied_weights(tmp_path):
+    recipe = tiny_recipe(tmp_path, train={"steps": 2, "trainable": "all"})
+    teacher_sd = glmha.load(recipe.teacher).state_dict()
+    run(recipe)
+    weights = final_weights(tmp_path / "run")
+    assert not torch.equal(weights["patch_embed.proj.weight"], teacher_sd["patch_embed.proj.weight"])
