@@ -226,3 +226,74 @@ def test_trainable_all_updates_copied_weights(tmp_path):
     run(recipe)
     weights = final_weights(tmp_path / "run")
     assert not torch.equal(weights["patch_embed.proj.weight"], teacher_sd["patch_embed.proj.weight"])
+
+
+def test_feature_points_are_the_block_outputs(family):
+    """The tapped value of each block equals what the next block of the same stage receives."""
+    from glmha.archs import MST, MSTPlusPlus, Restormer
+    from glmha.distill.losses import FeatureTap
+
+    from conftest import example_batch, randomise
+
+    model = randomise({  # two blocks per level, so that consecutive blocks exist
+        "restormer": lambda: Restormer(dim=8, num_blocks=(2, 2, 2, 2), num_refinement_blocks=2, heads=(1, 2, 2, 4),
+                                       ffn_expansion_factor=2.0),
+        "mst_plus_plus": lambda: MSTPlusPlus(in_channels=3, out_channels=8, n_feat=8, stage=1,
+                                             stage_blocks=(2, 2, 2)),
+        "mst": lambda: MST(dim=8, stage=1, num_blocks=(2, 2), bands=8),
+    }[family](), 3)
+    names = [name for name, _ in model.csa_layers()]
+    points = [model.block_output(name) for name in names]
+    # where a block starts: Restormer's TransformerBlock (parent of attn), the MST attention itself
+    entries = [name.rpartition(".")[0] if family == "restormer" else name for name in names]
+    modules = dict(model.named_modules())
+    received = {}
+
+    def keep_input(name):
+        def hook(_module, args):
+            received[name] = args[0]
+        return hook
+
+    handles = [modules[entry].register_forward_pre_hook(keep_input(entry)) for entry in entries]
+    tap = FeatureTap(model, points)
+    with torch.no_grad():
+        model(*example_batch(model, size=16))
+    for handle in handles:
+        handle.remove()
+    tap.remove()
+    assert set(tap.values) == {point for point, _ in points}
+    checked = 0
+    for index in range(len(names) - 1):
+        this_block, next_block = entries[index], entries[index + 1]
+        stage = this_block.rpartition(".")[0]
+        if family != "restormer":
+            stage = stage.rpartition(".")[0]  # ...blocks.<i>.0 -> ...blocks
+        if next_block.startswith(stage + ".") and next_block.count(".") == this_block.count("."):
+            assert torch.equal(tap.values[points[index][0]], received[next_block]), (this_block, next_block)
+            checked += 1
+    assert checked > 0
+
+
+def test_pure_teacher_distillation_of_an_rgb_to_spectrum_model(tmp_path):
+    """MST++ maps RGB to 31 bands: with {inputs: DIR} (no ground truth) it distils like any model."""
+    from PIL import Image
+
+    from glmha.archs import MSTPlusPlus
+
+    from conftest import randomise
+
+    folder = tmp_path / "rgb"
+    folder.mkdir()
+    generator = torch.Generator().manual_seed(0)
+    for i in range(3):
+        pixels = (torch.rand(40, 40, 3, generator=generator) * 255).to(torch.uint8).numpy()
+        Image.fromarray(pixels).save(folder / f"img{i}.png")
+    teacher = randomise(MSTPlusPlus(in_channels=3, out_channels=8, n_feat=8, stage=1, stage_blocks=(1, 1, 1)), 0)
+    torch.save({"state_dict": teacher.state_dict()}, tmp_path / "mstpp.pth")
+    recipe = tiny_recipe(tmp_path, teacher=str(tmp_path / "mstpp.pth"), student={"ratio": 0.5},
+                         data={"train": {"inputs": str(folder)}, "val": {"inputs": str(folder)},
+                               "val_crop": None}, train={"steps": 4})
+    result = run(recipe)
+    history = json.loads((tmp_path / "run" / "report.json").read_text())["history"]
+    assert result.finished and history[0]["psnr_gt"] is None
+    assert history[-1]["psnr_teacher"] > history[0]["psnr_teacher"]
