@@ -297,3 +297,12 @@ def test_pure_teacher_distillation_of_an_rgb_to_spectrum_model(tmp_path):
     history = json.loads((tmp_path / "run" / "report.json").read_text())["history"]
     assert result.finished and history[0]["psnr_gt"] is None
     assert history[-1]["psnr_teacher"] > history[0]["psnr_teacher"]
+
+
+def test_tensorboard_true_without_tensorboard_is_refused(tmp_path, monkeypatch):
+    import glmha.distill.engine as engine
+
+    monkeypatch.setattr(engine, "tensorboard_available", lambda: False)
+    with pytest.raises(RecipeError, match=r"output\.tensorboard: true, but TensorBoard is not installed"):
+        run(tiny_recipe(tmp_path, output={"tensorboard": True}))
+    assert not (tmp_path / "run").exists()

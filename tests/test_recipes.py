@@ -1,0 +1,37 @@
+"""The shipped recipes and README's recipe example are valid under the schema."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from glmha.distill import load_recipe, parse_recipe
+from glmha.distill.recipe import load_yaml_text
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+
+
+def test_every_published_task_has_a_recipe():
+    names = {p.stem for p in RECIPES}
+    assert {"restormer_deraining", "restormer_motion_deblurring", "restormer_gaussian_color_denoising",
+            "restormer_real_denoising", "tiny_cpu"} <= names
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_recipe_is_valid(path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    recipe = load_recipe(path, check=path.stem == "tiny_cpu")  # official teachers and data are not shipped
+    assert recipe.output.dir.startswith("runs/")
+    if path.stem != "tiny_cpu":
+        assert recipe.data.patch_size % 8 == 0 and recipe.train.steps >= 1000
+
+
+def test_readme_recipe_example_is_valid():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Recipes (version 1)", 1)[1]
+    block = re.search(r"```yaml\n(.*?)```", section, flags=re.S).group(1)
+    recipe = parse_recipe(load_yaml_text(block))
+    assert recipe.teacher == "checkpoints/restormer_denoise_s25.pth"
