@@ -306,3 +306,17 @@ def test_tensorboard_true_without_tensorboard_is_refused(tmp_path, monkeypatch):
     with pytest.raises(RecipeError, match=r"output\.tensorboard: true, but TensorBoard is not installed"):
         run(tiny_recipe(tmp_path, output={"tensorboard": True}))
     assert not (tmp_path / "run").exists()
+
+
+def test_tensorboard_logs_training_and_evaluation_when_installed(tmp_path):
+    pytest.importorskip("tensorboard")  # part of the test extra; optional for users
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run(tiny_recipe(tmp_path, train={"steps": 2}, eval={"every": 1}, output={"tensorboard": "auto"}))
+    events = sorted((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    assert events
+    accumulator = EventAccumulator(str(events[0]))
+    accumulator.Reload()
+    assert {"loss", "lr", "val_psnr_teacher", "val_psnr_gt"} <= set(accumulator.Tags()["scalars"])
+    assert [e.step for e in accumulator.Scalars("loss")] == [1, 2]
+    assert [e.step for e in accumulator.Scalars("val_psnr_teacher")] == [0, 1, 2]
