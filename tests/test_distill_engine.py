@@ -320,3 +320,18 @@ def test_tensorboard_logs_training_and_evaluation_when_installed(tmp_path):
     assert {"loss", "lr", "val_psnr_teacher", "val_psnr_gt"} <= set(accumulator.Tags()["scalars"])
     assert [e.step for e in accumulator.Scalars("loss")] == [1, 2]
     assert [e.step for e in accumulator.Scalars("val_psnr_teacher")] == [0, 1, 2]
+
+
+def test_student_from_an_export_and_a_changed_export_refuses_to_resume(tmp_path):
+    recipe = tiny_recipe(tmp_path)
+    teacher = glmha.load(recipe.teacher)
+    export = tmp_path / "student.glmha.safetensors"
+    glmha.export(glmha.convert_to_glmha(teacher, ratio=0.5)[0], export)
+    from_file = tiny_recipe(tmp_path, student={"path": str(export), "ratio": None},
+                            train={"steps": 4})
+    first = run(from_file, stop_at=2)
+    assert first.step == 2
+    glmha.export(glmha.convert_to_glmha(teacher, ratio=0.25)[0], export)  # another conversion, same name
+    with pytest.raises(RecipeError, match=r"student\.path: file content changed"):
+        run(from_file)
+    assert run(from_file, restart=True).finished

@@ -132,6 +132,12 @@ def test_resolved_recipe_round_trips_and_fills_defaults(tmp_path):
     assert again == recipe
 
 
+def test_student_from_a_path_round_trips(tmp_path):
+    recipe = parse_recipe(recipe_dict(tmp_path, student={"path": "x.safetensors", "ratio": None}))
+    assert recipe.student.to_dict() == {"path": "x.safetensors"}
+    assert parse_recipe(yaml.safe_load(recipe_to_yaml(recipe))) == recipe
+
+
 def test_ratio_alone_replaces_the_default_energy(tmp_path):
     recipe = parse_recipe(recipe_dict(tmp_path, student={"ratio": 0.25}))
     assert recipe.student.plan_settings().ratio == 0.25 and recipe.student.plan_settings().energy is None

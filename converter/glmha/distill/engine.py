@@ -217,10 +217,13 @@ class Distillation:
         root = checkpointing.checkpoint_root(run_dir)
 
         resume = None if (self.restart or self.dry_run) else checkpointing.latest_checkpoint(root)
-        teacher_sha256 = sha256_file(recipe.teacher)
+        files = {"teacher": sha256_file(recipe.teacher)}  # the run's input files, by content
+        if recipe.student.path is not None:
+            files["student.path"] = sha256_file(recipe.student.path)
+        teacher_sha256 = files["teacher"]
         state = RunState()
         if resume is not None:
-            state = self._check_resumable(resume, teacher_sha256, accelerator.num_processes)
+            state = self._check_resumable(resume, files, accelerator.num_processes)
 
         set_seed(recipe.train.seed)
         teacher = load_teacher(recipe)
@@ -284,20 +287,22 @@ class Distillation:
             accelerator.init_trackers("tensorboard", config=_scalar_config(recipe.to_dict()))
 
         try:
-            return self._train(state, teacher_sha256, resume)
+            return self._train(state, files, resume)
         finally:
             accelerator.end_training()
             if taps is not None:
                 for tap in taps:
                     tap.remove()
 
-    def _check_resumable(self, resume: tuple[int, Path], teacher_sha256: str, processes: int) -> RunState:
+    def _check_resumable(self, resume: tuple[int, Path], files: dict[str, str], processes: int) -> RunState:
         step, folder = resume
         saved = checkpointing.read_state(folder)
         differences = resume_differences(checkpointing.read_saved_recipe(folder), self.recipe.to_dict())
-        if saved.get("teacher_sha256") != teacher_sha256:
-            old = str(saved.get("teacher_sha256"))[:12]
-            differences.append(f"teacher: file content changed (SHA-256 {old}... -> {teacher_sha256[:12]}...)")
+        saved_files = saved.get("file_sha256", {})
+        for key, digest in files.items():
+            if saved_files.get(key) != digest:
+                old = str(saved_files.get(key))[:12]
+                differences.append(f"{key}: file content changed (SHA-256 {old}... -> {digest[:12]}...)")
         if saved.get("num_processes") != processes:
             differences.append(f"processes: {saved.get('num_processes')} -> {processes}")
         if differences:
@@ -356,7 +361,7 @@ class Distillation:
         skip = start_step * self.recipe.train.grad_accum
         return iter(self.accelerator.skip_first_batches(loader, skip) if skip else loader)
 
-    def _train(self, state: RunState, teacher_sha256: str, resumed: tuple[int, Path] | None) -> RunResult:
+    def _train(self, state: RunState, files: dict[str, str], resumed: tuple[int, Path] | None) -> RunResult:
         recipe, accelerator, parts = self.recipe, self.accelerator, self.parts
         train, run_dir = recipe.train, recipe.run_dir
         root = checkpointing.checkpoint_root(run_dir)
@@ -365,7 +370,7 @@ class Distillation:
         last_saved: Path | None = resumed[1] if resumed else None
 
         def save(step: int) -> Path:
-            payload = {**dataclasses.asdict(state), "step": step, "teacher_sha256": teacher_sha256,
+            payload = {**dataclasses.asdict(state), "step": step, "file_sha256": files,
                        "num_processes": accelerator.num_processes}
             return checkpointing.save_checkpoint(accelerator, root, step, payload, recipe_to_yaml(recipe),
                                                  train.keep_checkpoints)

@@ -73,13 +73,20 @@ class StudentSection(StrictConfig):
         if isinstance(data, dict):
             data = dict(data)
             if data.get("path") is not None:
-                given = sorted(set(data) - {"path"})
+                given = sorted(k for k, v in data.items() if k != "path" and v is not None)
                 if given:
                     raise RecipeError(f"{where or 'student'}: give either path (a glmha export) or conversion "
                                       f"settings, not both (also given: {', '.join(given)})")
+                known = {f.name for f in dataclasses.fields(cls)}
+                data = {k: v for k, v in data.items() if k == "path" or k not in known}  # unknown keys still fail
             elif data.get("ratio") is not None and "energy" not in data:
                 data["energy"] = None  # ratio given alone replaces the default energy
         return super().from_dict(data, where=where)
+
+    def to_dict(self) -> dict[str, Any]:
+        """With a path, the conversion settings do not apply and are left out (so the resolved recipe
+        reads back)."""
+        return {"path": self.path} if self.path is not None else super().to_dict()
 
     def plan_settings(self) -> PlanSettings:
         return PlanSettings(energy=None if self.ratio is not None else self.energy, ratio=self.ratio,
