@@ -21,3 +21,38 @@ def test_ci_installs_and_tests_exactly_as_readme_says() -> None:
     tests = second.strip().split("&&", 1)[1].strip()  # after activating the environment
     assert tests in ci
     assert "constraints.txt" in install and (ROOT / "constraints.txt").read_text().count("torch==") == 1
+
+
+def test_readme_main_job_runs_on_the_shipped_teacher(tmp_path, monkeypatch, capsys) -> None:
+    """README's first command, convert then distil, on the shipped teacher with a reduced step count."""
+    import json
+    import shlex
+
+    from glmha.cli.convert import main as convert_main
+    from glmha.distill.cli import main as distill_main
+    from glmha.distill.table import TABLE_HEADER
+
+    first = _bash_blocks((ROOT / "README.md").read_text())[0]
+    commands = [shlex.split(part) for part in first.split("&&")]
+    convert = next(c for c in commands if c[0] == "glmha-convert")[1:]
+    distill = next(c for c in commands if c[0] == "glmha-distill")[1:]
+    export = tmp_path / "student.glmha.safetensors"
+    convert[convert.index("-o") + 1] = str(export)
+    convert[convert.index("--plot") + 1] = str(tmp_path / "plots")
+    monkeypatch.chdir(ROOT)  # the recipe names the teacher relative to the repository root
+    assert convert_main(convert) == 0
+    assert list((tmp_path / "plots").glob("*.png"))
+    overrides = [f"student.path={export}", f"output.dir={tmp_path / 'run'}", "train.steps=3", "eval.every=3",
+                 "train.checkpoint_every=3", "data.val_crop=64"]
+    assert distill_main([*distill, *[a for o in overrides for a in ("--set", o)], "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    teacher, converted, distilled = report["rows"]
+    assert [teacher["name"], converted["name"], distilled["name"]] == [
+        "teacher", "converted (before distillation)", f"distilled (step {report['best_step']})"]
+    assert converted["params"] == distilled["params"] < teacher["params"]
+    assert converted["macs_linear"] < teacher["macs_linear"] and converted["macs_total"] < teacher["macs_total"]
+    assert teacher["file_bytes"] == (ROOT / "checkpoints" / "restormer_denoise_s25.pth").stat().st_size
+    assert distilled["file_bytes"] == (tmp_path / "run" / "student.safetensors").stat().st_size
+    assert distilled["psnr_teacher"] >= converted["psnr_teacher"] and teacher["psnr_gt"] > 25
+    assert TABLE_HEADER in out and TABLE_HEADER in (ROOT / "README.md").read_text()  # README shows the real table

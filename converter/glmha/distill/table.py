@@ -12,6 +12,9 @@ from glmha.distill.evaluate import Scores, json_number
 from glmha.io_utils import atomic_write_text
 from glmha.report import giga
 
+TABLE_HEADER = ("| model | params | MACs (a) | MACs (b) | file | PSNR vs GT | SSIM vs GT | PSNR vs teacher "
+                "| SSIM vs teacher |")
+
 
 @dataclass(frozen=True)
 class TableRow:
@@ -45,9 +48,7 @@ def _mib(size: int | None) -> str:
 def format_table(rows: list[TableRow], *, input_size: tuple[int, int], notes: list[str]) -> str:
     """Markdown: one row per model; the teacher has nothing to be compared with in the teacher columns."""
     base = rows[0]
-    head = ("| model | params | MACs (a) | MACs (b) | file | PSNR vs GT | SSIM vs GT | PSNR vs teacher "
-            "| SSIM vs teacher |")
-    lines = [head, "|" + "---|" * 9]
+    lines = [TABLE_HEADER, "|" + "---|" * 9]
     for row in rows:
         change = "" if row is base else f" ({(row.params - base.params) / base.params:+.1%})"
         macs_change = "" if row is base else f" ({(row.macs_total - base.macs_total) / base.macs_total:+.1%})"
