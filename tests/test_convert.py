@@ -337,3 +337,16 @@ def test_outputs_get_ordinary_permissions(tmp_path: Path) -> None:
         os.umask(umask)
     assert (tmp_path / "report.json").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "student.safetensors").stat().st_mode & 0o777 == 0o644
+
+
+def test_python_api_exports_record_the_source_checkpoint(tmp_path):
+    """glmha.load remembers the file's SHA-256, conversions carry it into the export metadata."""
+    from glmha.checkpoint import read_checkpoint
+    from glmha.convert.export import sha256_file
+
+    source = tmp_path / "teacher.pth"
+    torch.save({"params": tiny_model("restormer", seed=5).state_dict()}, source)
+    student, _ = glmha.convert_to_glmha(glmha.load(source), ratio=0.5)
+    glmha.export(student, tmp_path / "student.safetensors")
+    metadata = read_checkpoint(tmp_path / "student.safetensors").metadata
+    assert metadata["source_sha256"] == sha256_file(source) and metadata["source_file"] == "teacher.pth"

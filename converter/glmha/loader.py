@@ -29,7 +29,12 @@ def load(path: str | Path, *, family: str | None = None) -> RestorationModel:
         if family is not None and family != model.family:
             raise ArchitectureError(f"{path}: a converted {model.family} model, not {family}")
         return model
-    return build_model(checkpoint.state_dict, family=family, source=str(path))
+    model = build_model(checkpoint.state_dict, family=family, source=str(path))
+    from glmha.convert.export import sha256_file
+
+    # provenance that conversions carry into their exports (SHA-256 of the file and its name)
+    model.glmha_source = {"sha256": sha256_file(path), "file": Path(path).name}
+    return model
 
 
 def build_model(

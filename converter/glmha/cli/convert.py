@@ -16,7 +16,7 @@ from pathlib import Path
 
 from glmha.archs import FAMILIES, RestorationModel
 from glmha.convert.api import analyse
-from glmha.convert.export import export_model, sha256_file
+from glmha.convert.export import export_model
 from glmha.convert.initialise import INIT_METHODS
 from glmha.convert.layers import GLMHASettings
 from glmha.convert.mutate import apply_plan
@@ -122,9 +122,7 @@ def _run(args: argparse.Namespace) -> int:
         for path in plot_spectra(spectra, plan, Path(args.plot)):
             print(f"wrote {path}")
     if output is not None:
-        student = apply_plan(model, plan, spectra, inplace=True)
-        student.glmha_record.source_sha256 = sha256_file(args.checkpoint)
-        student.glmha_record.source_file = Path(args.checkpoint).name
+        student = apply_plan(model, plan, spectra, inplace=True)  # source SHA-256 recorded by load()
         export_model(student, output)
         source_size, output_size = Path(args.checkpoint).stat().st_size, output.stat().st_size
         print(f"\nwrote {output}: {output_size:,} bytes ({100 * output_size / source_size:.1f} % of the "

@@ -47,8 +47,11 @@ def apply_plan(model: RestorationModel, plan: ConversionPlan, spectra: list[Laye
             seed=plan.settings.seed + index)
     target = model if inplace else copy.deepcopy(model)
     swap_layers(target, replacements)
+    source = getattr(model, "glmha_source", {})  # set by glmha.load
     target.glmha_record = ConversionRecord(settings=plan.glmha, reduced=plan.converted,
-                                           init=plan.settings.init, plan=plan.to_json())
+                                           init=plan.settings.init, plan=plan.to_json(),
+                                           source_sha256=source.get("sha256", ""),
+                                           source_file=source.get("file", ""))
     return target
 
 

@@ -504,7 +504,7 @@ def _describe_scores(scores: Scores) -> str:
                      + " vs GT")
     if scores.psnr_teacher is not None:
         parts.append(f"PSNR {scores.psnr_teacher:.2f} dB vs teacher")
-    return "; ".join(parts) + f" ({scores.images} images)"
+    return "; ".join(parts) + f" ({scores.images} image{'s' if scores.images != 1 else ''})"
 
 
 def _scalar_config(recipe: dict[str, Any]) -> dict[str, Any]:
