@@ -1,0 +1,1 @@
+"""Spectral reconstruction data: readers, the CASSI forward model, synthetic cubes, metrics."""
