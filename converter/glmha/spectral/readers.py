@@ -1,0 +1,192 @@
+"""Readers that give the official MST++ (NTIRE 2022) and MST-L (CAVE/KAIST) networks their official inputs.
+
+Both are lazy: a sample is read from disk on `read(i)`, because the official eager loading needs
+about 30 GB (ARAD) or 24 GB (CAVE) of RAM.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from glmha.errors import GlmhaError
+
+NTIRE_BANDS = 31
+SCI_BANDS = 28
+SCI_CROP = 256  # MST-L's training crop and mask size
+SCI_DIVISOR = 65536.0  # official CAVE scaling (not 65535)
+
+
+def _natural_key(path: Path) -> list[object]:
+    """Sort scene2 before scene10 (the official code sorts as strings; order only matters for listing)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
+
+
+class Ntire2022Split:
+    """One NTIRE 2022 split (`train` or `valid`): RGB (3, H, W) and cube (bands, H, W), float32.
+
+    Ids come from `root/split_txt/<split>_list.txt`. Unlike the official reader, a last line without
+    a newline and CRLF line ends are accepted (the official code silently drops the former and
+    mangles the latter). Names are sorted as strings, as officially.
+    """
+
+    SPLITS = ("train", "valid")
+
+    def __init__(self, root: str | Path, split: str, *, bands: int = NTIRE_BANDS) -> None:
+        self.root = Path(root)
+        self.bands = bands
+        if split not in self.SPLITS:
+            raise GlmhaError(f"NTIRE 2022 split must be one of {', '.join(self.SPLITS)}; got {split!r}")
+        if not self.root.is_dir():
+            raise GlmhaError(f"NTIRE 2022 data root not found: {self.root}")
+        list_file = self.root / "split_txt" / f"{split}_list.txt"
+        if not list_file.is_file():
+            raise GlmhaError(f"NTIRE 2022 split file not found: {list_file}")
+        text = list_file.read_text(encoding="utf-8")
+        self._names = sorted(line.strip() for line in text.splitlines() if line.strip())
+        if not self._names:
+            raise GlmhaError(f"NTIRE 2022 split file lists no ids: {list_file}")
+        for name in self._names:  # fail before training starts, not at sample 800
+            for path in (self.cube_path(name), self.rgb_path(name)):
+                if not path.is_file():
+                    raise GlmhaError(f"NTIRE 2022 file for id {name!r} not found: {path}")
+
+    def cube_path(self, name: str) -> Path:
+        return self.root / "Train_Spec" / f"{name}.mat"
+
+    def rgb_path(self, name: str) -> Path:
+        return self.root / "Train_RGB" / f"{name}.jpg"
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def read_cube(self, name: str) -> np.ndarray:
+        """Key `cube` of a MATLAB v7.3 file; h5py gives (C, W, H), returned as CHW float32, unscaled."""
+        import h5py
+
+        path = self.cube_path(name)
+        try:
+            with h5py.File(path, "r") as handle:
+                if "cube" not in handle:
+                    raise GlmhaError(f"{path}: no dataset 'cube' (found: {', '.join(sorted(handle)) or 'none'})")
+                data = np.asarray(handle["cube"], dtype=np.float32)
+        except OSError as exc:
+            raise GlmhaError(f"{path}: not a readable MATLAB v7.3 (HDF5) file ({exc})") from exc
+        if data.ndim != 3 or data.shape[0] != self.bands:
+            raise GlmhaError(
+                f"{path}: 'cube' has shape {data.shape} as stored (C, W, H); expected {self.bands} bands first"
+            )
+        return np.ascontiguousarray(data.transpose(0, 2, 1))  # (C, W, H) -> (C, H, W)
+
+    def read_rgb(self, name: str) -> np.ndarray:
+        """RGB (3, H, W) float32 with one global min-max over all channels, as the official reader.
+
+        Pillow already yields RGB; the official cv2 BGR read plus BGR->RGB gives the same array.
+        """
+        from PIL import Image, UnidentifiedImageError
+
+        path = self.rgb_path(name)
+        try:
+            with Image.open(path) as image:
+                rgb = np.asarray(image.convert("RGB"), dtype=np.float32)  # (H, W, 3)
+        except (OSError, UnidentifiedImageError) as exc:
+            raise GlmhaError(f"{path}: not a readable image ({exc})") from exc
+        low, high = float(rgb.min()), float(rgb.max())
+        if high == low:
+            raise GlmhaError(f"{path}: image is constant ({low}); min-max normalisation is undefined")
+        rgb = (rgb - low) / (high - low)
+        return np.ascontiguousarray(rgb.transpose(2, 0, 1))  # (H, W, 3) -> (3, H, W)
+
+    def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rgb (3, H, W), cube (bands, H, W)) of the index-th id."""
+        name = self._names[index]
+        rgb, cube = self.read_rgb(name), self.read_cube(name)
+        if rgb.shape[1:] != cube.shape[1:]:
+            raise GlmhaError(
+                f"{self.rgb_path(name)} is {rgb.shape[1]}x{rgb.shape[2]} but {self.cube_path(name)} is "
+                f"{cube.shape[1]}x{cube.shape[2]} (H x W)"
+            )
+        return rgb, cube
+
+
+class SciScenes:
+    """CAVE training scenes (`training=True`, divided by 65536) or KAIST test truth (unscaled), CHW float32.
+
+    Every `*.mat` in `root`, naturally sorted, read with scipy.io.loadmat: key `img_expand` if present,
+    else `img`, stored HWC.
+    """
+
+    KEYS = ("img_expand", "img")
+
+    def __init__(
+        self, root: str | Path, mask_path: str | Path, *, training: bool, bands: int = SCI_BANDS
+    ) -> None:
+        self.root = Path(root)
+        self.mask_path = Path(mask_path)
+        self.training = training
+        self.bands = bands
+        if not self.root.is_dir():
+            raise GlmhaError(f"SCI scene folder not found: {self.root}")
+        if not self.mask_path.is_file():
+            raise GlmhaError(f"SCI mask file not found: {self.mask_path}")
+        self.paths = sorted(self.root.glob("*.mat"), key=_natural_key)
+        if not self.paths:
+            raise GlmhaError(f"SCI scene folder has no .mat files: {self.root}")
+
+    @property
+    def names(self) -> list[str]:
+        return [path.stem for path in self.paths]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @staticmethod
+    def _load(path: Path) -> dict:
+        """scipy.io.loadmat with one-line errors (v7.3 files need h5py, which the official SCI code never uses)."""
+        import scipy.io
+
+        try:
+            return scipy.io.loadmat(str(path))
+        except NotImplementedError as exc:
+            raise GlmhaError(f"{path}: MATLAB v7.3 files are not supported here; save with -v7") from exc
+        except (OSError, ValueError, TypeError, scipy.io.matlab.MatReadError) as exc:
+            raise GlmhaError(f"{path}: not a readable MATLAB file ({exc})") from exc
+
+    def read(self, index: int) -> np.ndarray:
+        """Scene (bands, H, W) float32; /65536 when training, as stored otherwise."""
+        path = self.paths[index]
+        data = self._load(path)
+        key = next((k for k in self.KEYS if k in data), None)
+        if key is None:
+            raise GlmhaError(f"{path}: neither key 'img_expand' nor 'img' found")
+        cube = np.asarray(data[key], dtype=np.float64)
+        if cube.ndim != 3 or cube.shape[2] != self.bands:
+            raise GlmhaError(f"{path}: '{key}' has shape {cube.shape}; expected (H, W, {self.bands})")
+        if cube.shape[0] < SCI_CROP or cube.shape[1] < SCI_CROP:
+            raise GlmhaError(
+                f"{path}: scene is {cube.shape[0]}x{cube.shape[1]}, smaller than MST's {SCI_CROP}x{SCI_CROP} crop"
+            )
+        if self.training:
+            cube = cube / SCI_DIVISOR
+        return np.ascontiguousarray(cube.astype(np.float32).transpose(2, 0, 1))  # (H, W, C) -> (C, H, W)
+
+    def mask(self) -> np.ndarray:
+        """The fixed coded aperture (256, 256) float32 from key `mask`."""
+        data = self._load(self.mask_path)
+        if "mask" not in data:
+            raise GlmhaError(f"{self.mask_path}: no key 'mask'")
+        mask = np.asarray(data["mask"], dtype=np.float32)
+        if mask.ndim != 2:
+            raise GlmhaError(f"{self.mask_path}: 'mask' must be 2-D; got shape {mask.shape}")
+        if mask.shape != (SCI_CROP, SCI_CROP):
+            raise GlmhaError(
+                f"{self.mask_path}: mask is {mask.shape[0]}x{mask.shape[1]}; MST needs a "
+                f"{SCI_CROP}x{SCI_CROP} mask to match its {SCI_CROP}x{SCI_CROP} crops"
+            )
+        return mask
