@@ -48,7 +48,7 @@ BAD_VALUES = [
     ("train.lrr", 1, "train: unknown key(s) lrr"),
     ("loss.distance", "huber", "loss.distance: expected one of l1, charbonnier, mse, got 'huber'"),
     ("loss.gt", -1.0, "loss.gt: must be >= 0, got -1.0"),
-    ("eval.metrics", ["psnr", "lpips"], "eval.metrics: expected a non-empty list of psnr, ssim"),
+    ("eval.metrics", ["psnr", "lpips"], "eval.metrics: expected a list of psnr, ssim, mrae, rmse, sam"),
     ("eval.every", "often", "eval.every: expected an integer, got 'often'"),
     ("data.patch_size", -8, "data.patch_size: must be > 0, got -8"),
     ("data.batch_size", "4", "data.batch_size: expected an integer, got '4'"),

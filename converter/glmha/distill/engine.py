@@ -32,9 +32,18 @@ from glmha.distill.data import TrainPatches, ValImages, check_patch_size, open_s
 from glmha.distill.evaluate import Evaluator, Scores
 from glmha.distill.losses import FeatureTap, distance_fn, feature_loss, feature_points
 from glmha.distill.optim import build_optimizer, build_scheduler, select_trainable
-from glmha.distill.recipe import Recipe, RecipeError, recipe_to_yaml, resume_differences
+from glmha.distill.recipe import (
+    IMAGE_METRICS,
+    SPECTRAL_METRICS,
+    Recipe,
+    RecipeError,
+    SourceSection,
+    recipe_to_yaml,
+    resume_differences,
+)
+from glmha.distill.spectral_data import SpectralPatches, SpectralScenes, open_spectral_source
 from glmha.distill.table import TableRow, write_table
-from glmha.distill.trackers import CSVTracker, tensorboard_available
+from glmha.distill.trackers import CSVTracker, csv_columns, tensorboard_available
 from glmha.errors import GlmhaError
 from glmha.report import describe
 
@@ -149,19 +158,46 @@ def build_student(recipe: Recipe, teacher: RestorationModel, teacher_sha256: str
     return student
 
 
+SPECTRAL_FAMILIES = ("mst_plus_plus", "mst")
+
+
 def _check_data_fits(recipe: Recipe, teacher: RestorationModel) -> None:
-    if teacher.family == "mst":
-        raise RecipeError("data: MST-L takes CASSI measurements and masks, which image folders cannot provide; "
-                          "spectral data readers are not available yet")
-    wants_targets = recipe.data.train.has_target or recipe.data.val.has_target
-    if wants_targets and teacher.output_channels != teacher.input_channels:
-        raise RecipeError(f"data: the teacher maps {teacher.input_channels} to {teacher.output_channels} "
-                          f"channels; image ground truth cannot be compared with its output, use "
-                          f"{{inputs: DIR}} sources (pure teacher distillation)")
+    for split in ("train", "val"):
+        source: SourceSection = getattr(recipe.data, split)
+        where = f"data.{split}"
+        if teacher.family == "mst" and not (source.format == "sci" or source.kind == "sci"):
+            raise RecipeError(f"{where}: MST-L takes CASSI measurements and masks; use {{format: sci, ...}} or "
+                              f"{{format: synthetic, kind: sci, ...}}")
+        if source.spectral:
+            if teacher.family not in SPECTRAL_FAMILIES:
+                raise RecipeError(f"{where}: spectral data (format {source.format}) needs an MST++ or MST "
+                                  f"teacher, this one is {teacher.family}")
+            if teacher.family == "mst_plus_plus" and (source.format == "sci" or source.kind == "sci"):
+                raise RecipeError(f"{where}: MST++ reconstructs spectra from RGB; use {{format: ntire2022, ...}} "
+                                  f"or {{format: synthetic, kind: rgb, ...}}")
+            continue
+        if source.has_target and teacher.output_channels != teacher.input_channels:
+            raise RecipeError(f"{where}: the teacher maps {teacher.input_channels} to {teacher.output_channels} "
+                              f"channels; image ground truth cannot be compared with its output, use "
+                              f"{{inputs: DIR}} (pure teacher distillation) or a spectral format")
+    if teacher.family == "mst" and recipe.data.patch_size > 256:
+        raise RecipeError(f"data.patch_size: MST's design hard-codes 256; got {recipe.data.patch_size}")
     try:
         teacher.check_input_size(recipe.data.patch_size, recipe.data.patch_size)
     except GlmhaError as error:
         raise RecipeError(f"data.patch_size: {error}") from None
+
+
+def _open_data(recipe: Recipe, teacher: RestorationModel, split: str):
+    """The source of one split, image or spectral, with its training-time checks."""
+    spec: SourceSection = getattr(recipe.data, split)
+    where = f"data.{split}"
+    if spec.spectral:
+        return open_spectral_source(spec, where=where, bands=teacher.output_channels, training=split == "train")
+    source = open_source(spec, channels=teacher.input_channels, where=where)
+    if split == "train":
+        check_patch_size(source, recipe.data.patch_size)
+    return source
 
 
 class Distillation:
@@ -233,15 +269,19 @@ class Distillation:
         student.to(accelerator.device).train()
         params = select_trainable(student, recipe.train.trainable)
 
-        train_source = open_source(recipe.data.train, channels=teacher.input_channels, where="data.train")
-        check_patch_size(train_source, recipe.data.patch_size)
-        val_source = open_source(recipe.data.val, channels=teacher.input_channels, where="data.val")
-
+        train_source = _open_data(recipe, teacher, "train")
+        val_source = _open_data(recipe, teacher, "val")
         micro_batches = recipe.train.steps * recipe.train.grad_accum * accelerator.num_processes
-        train_set = TrainPatches(train_source, patch_size=recipe.data.patch_size,
-                                 length=micro_batches * recipe.data.batch_size, seed=recipe.train.seed,
-                                 flips=recipe.data.flips)
-        val_set = ValImages(val_source, seed=0, limit=recipe.data.val_limit, crop=recipe.data.val_crop)
+        patches = SpectralPatches if recipe.data.train.spectral else TrainPatches
+        train_set = patches(train_source, patch_size=recipe.data.patch_size,
+                            length=micro_batches * recipe.data.batch_size, seed=recipe.train.seed,
+                            flips=recipe.data.flips)
+        if recipe.data.val.spectral:
+            if recipe.data.val_crop is not None:
+                raise RecipeError("data.val_crop: spectral validation scores whole scenes; use eval.border")
+            val_set = SpectralScenes(val_source, limit=recipe.data.val_limit)
+        else:
+            val_set = ValImages(val_source, seed=0, limit=recipe.data.val_limit, crop=recipe.data.val_crop)
         workers = recipe.data.workers
         train_loader = DataLoader(train_set, batch_size=recipe.data.batch_size, shuffle=False, drop_last=True,
                                   num_workers=workers, persistent_workers=workers > 0)
@@ -255,8 +295,10 @@ class Distillation:
 
         points = feature_points(student) if recipe.loss.features > 0 else []
         taps = (FeatureTap(teacher, points), FeatureTap(student, points)) if points else None
+        spectral = teacher.family in SPECTRAL_FAMILIES
+        self.metrics = recipe.eval.metrics or (SPECTRAL_METRICS if spectral else IMAGE_METRICS)
         evaluator = Evaluator(accelerator, val_loader, teacher, multiple=teacher.size_multiple,
-                              metrics=recipe.eval.metrics, has_target=recipe.data.val.has_target)
+                              metrics=self.metrics, spectral=spectral, border=recipe.eval.border)
         self.parts = dict(teacher=teacher, student=student, model=model, optimizer=optimizer,
                           scheduler=scheduler, train_loader=train_loader, evaluator=evaluator, taps=taps)
         if self.dry_run:
@@ -279,7 +321,8 @@ class Distillation:
 
             atomic_write_text(run_dir / "recipe.yaml", recipe_to_yaml(recipe))
 
-        csv_tracker = CSVTracker(run_dir / LOG_FILE, resume_step=state.step if resume else None) \
+        csv_tracker = CSVTracker(run_dir / LOG_FILE, resume_step=state.step if resume else None,
+                                 columns=csv_columns(self.metrics)) \
             if accelerator.is_main_process else None
         if csv_tracker is not None:
             accelerator.trackers.append(csv_tracker)
@@ -321,10 +364,10 @@ class Distillation:
         if taps is not None:
             taps[0].clear()
             taps[1].clear()
-        inputs = batch["input"]
+        inputs = (batch["input"], batch["mask"]) if "mask" in batch else (batch["input"],)
         with torch.no_grad(), self.accelerator.autocast():
-            teacher_out = parts["teacher"](inputs)
-        student_out = parts["model"](inputs)
+            teacher_out = parts["teacher"](*inputs)
+        student_out = parts["model"](*inputs)
         terms: dict[str, torch.Tensor] = {}
         if recipe.loss.output > 0:
             terms["loss_output"] = distance(student_out, teacher_out)
@@ -470,11 +513,12 @@ class Distillation:
                                  is_teacher=name == "teacher"))
         rows[1] = dataclasses.replace(rows[1], file_bytes=rows[2].file_bytes)
         notes = [f"Validation: {rows[0].scores.images} images; best student by "
-                 f"{'PSNR vs GT' if rows[0].scores.psnr_gt is not None else 'PSNR vs teacher'}, "
+                 f"{'PSNR vs GT' if rows[0].scores.values.get('psnr_gt') is not None else 'PSNR vs teacher'}, "
                  f"exported to {recipe.run_dir / STUDENT_FILE}."]
         markdown = None
         if accelerator.is_main_process:
-            markdown = write_table(recipe.run_dir, rows, input_size=(height, width), notes=notes,
+            markdown = write_table(recipe.run_dir, rows, metrics=self.metrics, input_size=(height, width),
+                                   notes=notes,
                                    extra={"steps": recipe.train.steps, "best_step": state.best_step,
                                           "history": state.history})
         return markdown or ""
@@ -499,12 +543,16 @@ def _costs(model: RestorationModel, height: int, width: int) -> tuple[int, int, 
 
 def _describe_scores(scores: Scores) -> str:
     parts = []
-    if scores.psnr_gt is not None:
-        parts.append(f"PSNR {scores.psnr_gt:.2f} dB" + (f", SSIM {scores.ssim_gt:.4f}" if scores.ssim_gt else "")
-                     + " vs GT")
-    if scores.psnr_teacher is not None:
-        parts.append(f"PSNR {scores.psnr_teacher:.2f} dB vs teacher")
-    return "; ".join(parts) + f" ({scores.images} image{'s' if scores.images != 1 else ''})"
+    for reference in ("gt", "teacher"):
+        shown = []
+        for metric, unit in (("psnr", " dB"), ("ssim", ""), ("mrae", ""), ("sam", " deg")):
+            value = scores.values.get(f"{metric}_{reference}")
+            if value is not None:
+                shown.append(f"{metric.upper()} {value:.4g}{unit}" if metric != "psnr" else f"PSNR {value:.2f} dB")
+        if shown:
+            parts.append(", ".join(shown) + (" vs GT" if reference == "gt" else " vs teacher"))
+    count = scores.images
+    return "; ".join(parts) + f" ({count} image{'s' if count != 1 else ''})"
 
 
 def _scalar_config(recipe: dict[str, Any]) -> dict[str, Any]:

@@ -9,39 +9,47 @@ so they are computed once per process and cached in host memory.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 from glmha.distill.data import crop_to, pad_to_multiple
-from glmha.metrics import psnr_per_image, ssim_per_image
 
 
 @dataclass(frozen=True)
 class Scores:
-    """Means over the validation images; None where there is nothing to compare with."""
+    """Means over the validation images, keyed "<metric>_gt" / "<metric>_teacher"; None where there is
+    nothing to compare with (no ground truth, or the teacher against itself)."""
 
-    psnr_gt: float | None
-    ssim_gt: float | None
-    psnr_teacher: float | None
-    ssim_teacher: float | None
+    values: dict[str, float | None]
     images: int
+
+    def __getattr__(self, name: str) -> float | None:  # scores.psnr_gt, scores.mrae_teacher, ...
+        values = self.__dict__.get("values", {})
+        if name in values:
+            return values[name]
+        raise AttributeError(name)
 
     @property
     def key(self) -> float:
         """What selects the best student: PSNR against ground truth, else against the teacher."""
-        value = self.psnr_gt if self.psnr_gt is not None else self.psnr_teacher
+        value = self.values.get("psnr_gt")
+        if value is None:
+            value = self.values.get("psnr_teacher")
         return -math.inf if value is None or math.isnan(value) else value
 
     def to_json(self) -> dict[str, float | int | str | None]:
-        return {k: json_number(v) for k, v in asdict(self).items()}
+        return {**{k: json_number(v) for k, v in self.values.items()}, "images": self.images}
 
     @classmethod
     def from_json(cls, data: dict) -> Scores:
-        return cls(**{k: (float(v) if isinstance(v, str) else v) for k, v in data.items()})
+        values = {k: (float(v) if isinstance(v, str) else v) for k, v in data.items()
+                  if k not in ("images", "step")}
+        return cls(values, images=int(data["images"]))
 
     def log_values(self) -> dict[str, float]:
-        return {f"val_{k}": v for k, v in asdict(self).items() if k != "images" and v is not None}
+        return {f"val_{k}": v for k, v in self.values.items() if v is not None}
 
 
 def json_number(value: float | int | None) -> float | int | str | None:
@@ -51,32 +59,59 @@ def json_number(value: float | int | None) -> float | int | str | None:
     return value
 
 
+def metric_functions(names: tuple[str, ...], spectral: bool) -> dict[str, Callable]:
+    """Per-image metric functions (pred, reference) -> (b,) float64."""
+    from glmha import metrics as image
+    from glmha.spectral import metrics as spectra
+
+    table = {"ssim": image.ssim_per_image, "mrae": spectra.mrae_per_image, "rmse": spectra.rmse_per_image,
+             "sam": spectra.sam_per_image,
+             "psnr": spectra.psnr_per_image if spectral else image.psnr_per_image}
+    return {name: table[name] for name in names}
+
+
 class Evaluator:
-    """Scores models on a prepared validation loader (batch size 1, whole images)."""
+    """Scores models on a prepared validation loader (batch size 1, whole images).
+
+    Images: outputs padded to the model's multiple, cropped back and clamped to [0, 1]. Spectra: the
+    raw output (MRAE and RMSE see it unclamped, PSNR clamps both sides, as the official code does).
+    `border` leaves pixels out on each side when scoring (NTIRE 2022 scores the central region)."""
 
     def __init__(self, accelerator, loader, teacher: torch.nn.Module, *, multiple: int, metrics: tuple[str, ...],
-                 has_target: bool) -> None:
+                 spectral: bool, border: int = 0) -> None:
         self.accelerator = accelerator
         self.loader = loader
         self.teacher = teacher
         self.multiple = multiple
-        self.use_ssim = "ssim" in metrics
-        self.has_target = has_target
+        self.metrics = tuple(metrics)
+        self.functions = metric_functions(self.metrics, spectral)
+        self.spectral = spectral
+        self.border = border
         self._teacher_outputs: dict[int, torch.Tensor] = {}
 
     @torch.no_grad()
-    def _outputs(self, model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-        padded, size = pad_to_multiple(inputs, self.multiple)
+    def _outputs(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        inputs = batch["input"]
+        extra = (batch["mask"],) if "mask" in batch else ()
+        padded, size = pad_to_multiple(inputs, self.multiple) if not extra else (inputs, inputs.shape[-2:])
         with self.accelerator.autocast():
-            out = model(padded)
-        return crop_to(out.float(), size).clamp(0.0, 1.0)
+            out = model(padded, *extra)
+        out = crop_to(out.float(), tuple(size))
+        return out if self.spectral else out.clamp(0.0, 1.0)
+
+    def _scored(self, x: torch.Tensor) -> torch.Tensor:
+        if self.border == 0:
+            return x
+        from glmha.spectral.metrics import central_crop
+
+        return central_crop(x, self.border)
 
     def _per_image(self, pred: torch.Tensor, reference: torch.Tensor | None) -> list[torch.Tensor]:
         nan = torch.full((pred.shape[0],), math.nan, dtype=torch.float64, device=pred.device)
         if reference is None:
-            return [nan, nan]
-        ssim = ssim_per_image(pred, reference) if self.use_ssim else nan
-        return [psnr_per_image(pred, reference), ssim]
+            return [nan for _ in self.metrics]
+        pred, reference = self._scored(pred), self._scored(reference)
+        return [fn(pred, reference).to(pred.device) for fn in self.functions.values()]
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module | None) -> Scores:
@@ -86,20 +121,21 @@ class Evaluator:
             index = int(batch["index"][0])
             cached = self._teacher_outputs.get(index)
             if cached is None:
-                teacher_out = self._outputs(self.teacher, batch["input"])
+                teacher_out = self._outputs(self.teacher, batch)
                 self._teacher_outputs[index] = teacher_out.cpu()  # host memory: val sets can be large
             else:
                 teacher_out = cached.to(batch["input"].device)
-            pred = teacher_out if model is None else self._outputs(model, batch["input"])
-            target = batch.get("target")
-            values = self._per_image(pred, target)
+            pred = teacher_out if model is None else self._outputs(model, batch)
+            values = self._per_image(pred, batch.get("target"))
             values += self._per_image(pred, None if model is None else teacher_out)
-            rows.append(torch.stack(values, dim=1))  # (b, 4)
-        local = torch.cat(rows) if rows else torch.empty(0, 4, dtype=torch.float64,
+            rows.append(torch.stack(values, dim=1))  # (b, 2 * metrics)
+        width = 2 * len(self.metrics)
+        local = torch.cat(rows) if rows else torch.empty(0, width, dtype=torch.float64,
                                                          device=self.accelerator.device)
-        everything = self.accelerator.gather_for_metrics(local)  # (images, 4)
-        means = [_mean(everything[:, i]) for i in range(4)]
-        return Scores(*means, images=int(everything.shape[0]))
+        everything = self.accelerator.gather_for_metrics(local)  # (images, 2 * metrics)
+        names = [f"{m}_gt" for m in self.metrics] + [f"{m}_teacher" for m in self.metrics]
+        values = {name: _mean(everything[:, i]) for i, name in enumerate(names)}
+        return Scores(values, images=int(everything.shape[0]))
 
 
 def _mean(column: torch.Tensor) -> float | None:

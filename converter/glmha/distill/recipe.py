@@ -28,7 +28,9 @@ from glmha.errors import GlmhaError
 
 RECIPE_VERSION = 1
 SAMPLE_SPLITS = ("train", "test")
-METRICS = ("psnr", "ssim")
+IMAGE_METRICS = ("psnr", "ssim")
+SPECTRAL_METRICS = ("mrae", "rmse", "psnr", "sam")
+METRICS = ("psnr", "ssim", "mrae", "rmse", "sam")
 
 
 class RecipeError(GlmhaError):
@@ -93,23 +95,44 @@ class StudentSection(StrictConfig):
                             levels=self.levels, rank_patterns=self.rank_patterns, init=self.init, seed=self.seed)
 
 
+SPECTRAL_FORMATS = ("ntire2022", "sci", "synthetic")
+NTIRE_SPLITS = ("train", "valid")
+SYNTHETIC_KINDS = ("rgb", "sci")
+
+
 @dataclass(frozen=True)
 class SourceSection(StrictConfig):
-    """Where images come from: exactly one of the four forms listed in `FORMS`."""
+    """Where samples come from: one of the image forms (`FORMS`) or a spectral `format:`."""
 
     inputs: str | None = None
     targets: str | None = None
     clean: str | None = None
     samples: str | None = None
     degrade: Any = None  # one of glmha.data.degrade's specs
+    format: str | None = None  # spectral: ntire2022 | sci | synthetic
+    root: str | None = None
+    split: str | None = None
+    mask: str | None = None
+    kind: str | None = None  # synthetic: rgb (MST++) | sci (MST-L)
+    scenes: int | None = None
+    size: int | None = None
+    seed: int | None = None
 
     FORMS: ClassVar[tuple[str, ...]] = (
         "{inputs: DIR, targets: DIR}", "{inputs: DIR}", "{clean: DIR, degrade: {...}}",
-        "{samples: train|test, degrade: {...}}")
+        "{samples: train|test, degrade: {...}}", "{format: ntire2022, root: DIR, split: train|valid}",
+        "{format: sci, root: DIR, mask: FILE}", "{format: synthetic, kind: rgb|sci, scenes: N, size: S, seed: K}")
+    _SPECTRAL_KEYS: ClassVar[dict[str, frozenset[str]]] = {
+        "ntire2022": frozenset({"format", "root", "split"}), "sci": frozenset({"format", "root", "mask"}),
+        "synthetic": frozenset({"format", "kind", "scenes", "size", "seed"})}
 
     @property
     def has_target(self) -> bool:
-        return self.inputs is None or self.targets is not None
+        return self.format is not None or self.inputs is None or self.targets is not None
+
+    @property
+    def spectral(self) -> bool:
+        return self.format is not None
 
     @classmethod
     def from_dict(cls, data: Any, *, where: str | None = None) -> SourceSection:
@@ -117,11 +140,13 @@ class SourceSection(StrictConfig):
         if not isinstance(data, dict):
             raise RecipeError(f"{where}: expected a mapping (one of {'; '.join(cls.FORMS)}), "
                               f"got {_describe(data)}")
-        known = ("inputs", "targets", "clean", "samples", "degrade")
-        unknown = sorted(set(data) - set(known))
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
         if unknown:
             raise RecipeError(f"{where}: unknown key(s) {', '.join(map(str, unknown))} "
-                              f"(known: {', '.join(known)})")
+                              f"(known: {', '.join(sorted(known))})")
+        if data.get("format") is not None:
+            return cls._spectral(data, where)
         for key in ("inputs", "targets", "clean", "samples"):
             if key in data and not isinstance(data[key], str):
                 raise RecipeError(f"{where}.{key}: expected a string, got {_describe(data[key])}")
@@ -138,15 +163,44 @@ class SourceSection(StrictConfig):
         return cls(inputs=data.get("inputs"), targets=data.get("targets"), clean=data.get("clean"),
                    samples=data.get("samples"), degrade=degrade)
 
+    @classmethod
+    def _spectral(cls, data: dict[str, Any], where: str) -> SourceSection:
+        form = data["format"]
+        if form not in SPECTRAL_FORMATS:
+            raise RecipeError(f"{where}.format: expected one of {', '.join(SPECTRAL_FORMATS)}, "
+                              f"got {_describe(form)}")
+        wanted = cls._SPECTRAL_KEYS[form]
+        keys = frozenset(k for k in data if data[k] is not None)
+        if keys != wanted:
+            raise RecipeError(f"{where}: format {form} takes exactly {', '.join(sorted(wanted))} "
+                              f"(got: {', '.join(sorted(keys))})")
+        for key in ("root", "split", "mask", "kind"):
+            if key in keys and not isinstance(data[key], str):
+                raise RecipeError(f"{where}.{key}: expected a string, got {_describe(data[key])}")
+        for key in ("scenes", "size", "seed"):
+            if key in keys and (isinstance(data[key], bool) or not isinstance(data[key], int)
+                                or data[key] < (0 if key == "seed" else 1)):
+                raise RecipeError(f"{where}.{key}: expected a {'non-negative' if key == 'seed' else 'positive'} "
+                                  f"integer, got {_describe(data[key])}")
+        if form == "ntire2022" and data["split"] not in NTIRE_SPLITS:
+            raise RecipeError(f"{where}.split: expected one of {', '.join(NTIRE_SPLITS)}, got {data['split']!r}")
+        if form == "synthetic" and data["kind"] not in SYNTHETIC_KINDS:
+            raise RecipeError(f"{where}.kind: expected one of {', '.join(SYNTHETIC_KINDS)}, got {data['kind']!r}")
+        return cls(**{k: data[k] for k in keys})
+
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {k: getattr(self, k) for k in ("inputs", "targets", "clean", "samples")
-                               if getattr(self, k) is not None}
+        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                               if f.name != "degrade" and getattr(self, f.name) is not None}
         if self.degrade is not None:
             out["degrade"] = self.degrade.to_dict()
         return out
 
     def folders(self) -> dict[str, str]:
-        return {k: getattr(self, k) for k in ("inputs", "targets", "clean") if getattr(self, k) is not None}
+        keys = ("inputs", "targets", "clean", "root")
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+
+    def files(self) -> dict[str, str]:
+        return {"mask": self.mask} if self.mask is not None else {}
 
 
 def parse_degrade(data: Any, *, where: str) -> StrictConfig:
@@ -235,16 +289,18 @@ class LossSection(StrictConfig):
 @dataclass(frozen=True)
 class EvalSection(StrictConfig):
     every: int = 500
-    metrics: tuple[str, ...] = METRICS
+    metrics: tuple[str, ...] = ()  # empty: psnr, ssim for images; mrae, rmse, psnr, sam for spectra
     input_size: tuple[int, ...] = (256, 256)
+    border: int = 0  # pixels left out on each side when scoring (NTIRE 2022: 128)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _positive("every", self.every)
         unknown = [m for m in self.metrics if m not in METRICS]
-        if unknown or not self.metrics:
-            raise RecipeError(f"metrics: expected a non-empty list of {', '.join(METRICS)}, "
+        if unknown:
+            raise RecipeError(f"metrics: expected a list of {', '.join(METRICS)} (empty: the default), "
                               f"got {list(self.metrics)}")
+        _positive("border", self.border, allow_zero=True)
         if len(self.input_size) != 2 or min(self.input_size) < 1:
             raise RecipeError(f"input_size: expected [height, width], got {list(self.input_size)}")
 
@@ -384,6 +440,8 @@ def check_files(recipe: Recipe) -> None:
     for split in ("train", "val"):
         for key, folder in getattr(recipe.data, split).folders().items():
             _check_path(f"data.{split}.{key}", folder, want_file=False)
+        for key, file in getattr(recipe.data, split).files().items():
+            _check_path(f"data.{split}.{key}", file, want_file=True)
     run_dir = recipe.run_dir
     if run_dir.exists() and not run_dir.is_dir():
         raise RecipeError(f"output.dir: {run_dir} exists and is not a folder")

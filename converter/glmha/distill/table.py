@@ -12,8 +12,16 @@ from glmha.distill.evaluate import Scores, json_number
 from glmha.io_utils import atomic_write_text
 from glmha.report import giga
 
-TABLE_HEADER = ("| model | params | MACs (a) | MACs (b) | file | PSNR vs GT | SSIM vs GT | PSNR vs teacher "
-                "| SSIM vs teacher |")
+LABELS = {"psnr": "PSNR", "ssim": "SSIM", "mrae": "MRAE", "rmse": "RMSE", "sam": "SAM"}
+
+
+def table_header(metrics: tuple[str, ...]) -> str:
+    cells = ["model", "params", "MACs (a)", "MACs (b)", "file"]
+    cells += [f"{LABELS[m]} vs GT" for m in metrics] + [f"{LABELS[m]} vs teacher" for m in metrics]
+    return "| " + " | ".join(cells) + " |"
+
+
+TABLE_HEADER = table_header(("psnr", "ssim"))  # image models
 
 
 @dataclass(frozen=True)
@@ -31,43 +39,45 @@ class TableRow:
                 "macs_total": self.macs_total, "file_bytes": self.file_bytes, **self.scores.to_json()}
 
 
-def _db(value: float | None) -> str:
+def _value(metric: str, value: float | None) -> str:
     if value is None:
         return "-"
-    return "inf" if math.isinf(value) else f"{value:.2f}"
-
-
-def _ssim(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
+    if math.isinf(value):
+        return "inf"
+    return f"{value:.2f}" if metric in ("psnr", "sam") else f"{value:.4f}"
 
 
 def _mib(size: int | None) -> str:
     return "-" if size is None else f"{size / 2**20:.2f} MiB"
 
 
-def format_table(rows: list[TableRow], *, input_size: tuple[int, int], notes: list[str]) -> str:
+def format_table(rows: list[TableRow], *, metrics: tuple[str, ...], input_size: tuple[int, int],
+                 notes: list[str]) -> str:
     """Markdown: one row per model; the teacher has nothing to be compared with in the teacher columns."""
     base = rows[0]
-    lines = [TABLE_HEADER, "|" + "---|" * 9]
+    header = table_header(metrics)
+    lines = [header, "|" + "---|" * header.count(" | ") + "---|"]
     for row in rows:
         change = "" if row is base else f" ({(row.params - base.params) / base.params:+.1%})"
         macs_change = "" if row is base else f" ({(row.macs_total - base.macs_total) / base.macs_total:+.1%})"
-        lines.append(
-            f"| {row.name} | {row.params:,}{change} | {giga(row.macs_linear)} | {giga(row.macs_total)}"
-            f"{macs_change} | {_mib(row.file_bytes)} | {_db(row.scores.psnr_gt)} | {_ssim(row.scores.ssim_gt)} "
-            f"| {'-' if row.is_teacher else _db(row.scores.psnr_teacher)} "
-            f"| {'-' if row.is_teacher else _ssim(row.scores.ssim_teacher)} |")
+        cells = [row.name, f"{row.params:,}{change}", giga(row.macs_linear),
+                 f"{giga(row.macs_total)}{macs_change}", _mib(row.file_bytes)]
+        cells += [_value(m, row.scores.values.get(f"{m}_gt")) for m in metrics]
+        cells += ["-" if row.is_teacher else _value(m, row.scores.values.get(f"{m}_teacher")) for m in metrics]
+        lines.append("| " + " | ".join(cells) + " |")
     height, width = input_size
-    footer = [f"MACs at 1x{height}x{width} input: (a) convolutions and linear layers only, (b) also the "
-              f"attention matrix products; G = 1e9. PSNR in dB on outputs clamped to [0, 1]."]
+    units = "PSNR in dB, SAM in degrees" if "sam" in metrics else "PSNR in dB on outputs clamped to [0, 1]"
+    footer = [f"MACs at {height}x{width} input: (a) convolutions and linear layers only, (b) also the "
+              f"attention matrix products; G = 1e9. {units}."]
     return "\n".join([*lines, "", *footer, *notes]) + "\n"
 
 
-def write_table(run_dir: Path, rows: list[TableRow], *, input_size: tuple[int, int], notes: list[str],
-                extra: dict[str, Any]) -> str:
+def write_table(run_dir: Path, rows: list[TableRow], *, metrics: tuple[str, ...], input_size: tuple[int, int],
+                notes: list[str], extra: dict[str, Any]) -> str:
     """report.md and report.json in the run directory (atomically); returns the Markdown."""
-    markdown = format_table(rows, input_size=input_size, notes=notes)
+    markdown = format_table(rows, metrics=metrics, input_size=input_size, notes=notes)
     atomic_write_text(run_dir / "report.md", "# Distillation report\n\n" + markdown)
-    payload = {"input_size": list(input_size), "rows": [r.to_json() for r in rows], **extra}
+    payload = {"input_size": list(input_size), "metrics": list(metrics), "rows": [r.to_json() for r in rows],
+               **extra}
     atomic_write_text(run_dir / "report.json", json.dumps(payload, indent=2, default=json_number) + "\n")
     return markdown

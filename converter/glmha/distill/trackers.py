@@ -17,8 +17,15 @@ from accelerate.tracking import GeneralTracker
 from glmha.errors import GlmhaError
 
 TRAIN_COLUMNS = ("loss", "loss_output", "loss_features", "loss_gt", "lr", "samples_per_s")
-EVAL_COLUMNS = ("val_psnr_gt", "val_ssim_gt", "val_psnr_teacher", "val_ssim_teacher")
-CSV_COLUMNS = ("step", *TRAIN_COLUMNS, *EVAL_COLUMNS)
+
+
+def csv_columns(metrics: tuple[str, ...]) -> tuple[str, ...]:
+    """step, the training columns, then val_<metric>_gt and val_<metric>_teacher per metric."""
+    evaluation = [f"val_{m}_gt" for m in metrics] + [f"val_{m}_teacher" for m in metrics]
+    return ("step", *TRAIN_COLUMNS, *evaluation)
+
+
+CSV_COLUMNS = csv_columns(("psnr", "ssim"))
 
 
 class CSVTracker(GeneralTracker):
