@@ -46,7 +46,7 @@ BAD_VALUES = [
     ("train.betas", [0.9], "train.betas: expected two numbers in [0, 1), got [0.9]"),
     ("train.warmup_steps", 10, "train.warmup_steps: must be smaller than steps (6), got 10"),
     ("train.lrr", 1, "train: unknown key(s) lrr"),
-    ("loss.distance", "huber", "loss.distance: expected one of l1, charbonnier, mse, got 'huber'"),
+    ("loss.distance", "huber", "loss.distance: expected one of l1, charbonnier, mse, rmse, mrae, got 'huber'"),
     ("loss.gt", -1.0, "loss.gt: must be >= 0, got -1.0"),
     ("eval.metrics", ["psnr", "lpips"], "eval.metrics: expected a list of psnr, ssim, mrae, rmse, sam"),
     ("eval.every", "often", "eval.every: expected an integer, got 'often'"),

@@ -96,3 +96,14 @@ def test_wrong_family_for_the_data_is_refused(tmp_path):
         distill(spectral_recipe(tmp_path, mstpp, "sci"), progress=False)
     with pytest.raises(RecipeError, match=re.escape("data.patch_size: MST's design hard-codes 256")):
         distill(spectral_recipe(tmp_path, mst, "sci", data={"patch_size": 512}), progress=False)
+
+
+def test_spectral_distances_match_their_definitions():
+    from glmha.distill.losses import MRAE_FLOOR, distance_fn
+
+    a = torch.tensor([[0.5, 0.2], [0.1, 0.0]])
+    b = torch.tensor([[0.25, 0.4], [0.0005, -0.5]])
+    rmse = ((0.25**2 + 0.2**2 + 0.0995**2 + 0.5**2) / 4) ** 0.5
+    mrae = (0.25 / 0.25 + 0.2 / 0.4 + 0.0995 / MRAE_FLOOR + 0.5 / 0.5) / 4
+    assert distance_fn("rmse")(a, b).item() == pytest.approx(rmse, rel=1e-6)
+    assert distance_fn("mrae")(a, b).item() == pytest.approx(mrae, rel=1e-6)

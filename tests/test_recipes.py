@@ -17,7 +17,7 @@ RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 def test_every_published_task_has_a_recipe():
     names = {p.stem for p in RECIPES}
     assert {"restormer_deraining", "restormer_motion_deblurring", "restormer_gaussian_color_denoising",
-            "restormer_real_denoising", "tiny_cpu"} <= names
+            "restormer_real_denoising", "tiny_cpu", "mst_plus_plus_ntire2022", "mst_l_cassi_simulation"} <= names
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
@@ -30,6 +30,8 @@ def test_recipe_is_valid(path, monkeypatch):
     assert recipe.data.patch_size % 8 == 0
     if not shipped:
         assert recipe.train.steps >= 1000 and recipe.data.train.has_target
+    if path.stem.startswith("mst"):
+        assert recipe.data.train.spectral and recipe.data.val.spectral
 
 
 def test_readme_recipe_example_is_valid():

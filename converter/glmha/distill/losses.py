@@ -16,6 +16,7 @@ from glmha.archs import RestorationModel
 from glmha.convert.layers import GLMHALayer
 
 CHARBONNIER_EPS = 1e-3  # as in the restoration literature (MPRNet, Restormer's Charbonnier option)
+MRAE_FLOOR = 1e-3  # smallest |reference| in the MRAE denominator (teacher outputs can be ~0 or negative)
 
 
 def distance_fn(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -26,6 +27,10 @@ def distance_fn(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tenso
         return lambda a, b: (a.float() - b.float()).pow(2).mean()
     if name == "charbonnier":
         return lambda a, b: torch.sqrt((a.float() - b.float()).pow(2) + CHARBONNIER_EPS**2).mean()
+    if name == "rmse":  # MST-L's training loss
+        return lambda a, b: torch.sqrt((a.float() - b.float()).pow(2).mean())
+    if name == "mrae":  # MST++'s training loss, relative to the second argument (the reference)
+        return lambda a, b: ((a.float() - b.float()).abs() / b.float().abs().clamp_min(MRAE_FLOOR)).mean()
     raise ValueError(f"unknown distance {name!r}")
 
 

@@ -276,7 +276,7 @@ class LossSection(StrictConfig):
     output: float = 1.0
     features: float = 0.1
     gt: float = 0.0
-    distance: Literal["l1", "charbonnier", "mse"] = "l1"
+    distance: Literal["l1", "charbonnier", "mse", "rmse", "mrae"] = "l1"
 
     def __post_init__(self) -> None:
         super().__post_init__()
