@@ -23,14 +23,14 @@ def test_every_published_task_has_a_recipe():
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
 def test_recipe_is_valid(path, monkeypatch):
     monkeypatch.chdir(ROOT)
-    shipped = path.stem in ("tiny_cpu", "restormer_denoise_s25")
+    shipped = path.stem in ("tiny_cpu", "restormer_denoise_s25", "tiny_cpu_spectral")
     # official teachers and data are not shipped; the embedded default's student is written by README's command
-    recipe = load_recipe(path, check=path.stem == "tiny_cpu")
+    recipe = load_recipe(path, check=path.stem in ("tiny_cpu", "tiny_cpu_spectral"))
     assert recipe.output.dir.startswith("runs/")
     assert recipe.data.patch_size % 8 == 0
     if not shipped:
         assert recipe.train.steps >= 1000 and recipe.data.train.has_target
-    if path.stem.startswith("mst"):
+    if path.stem.startswith("mst") or path.stem.endswith("spectral"):
         assert recipe.data.train.spectral and recipe.data.val.spectral
 
 
