@@ -37,7 +37,8 @@ import torch
 import glmha
 import glmha.distill
 from glmha.convert.plot import plot_spectra
-from glmha.data import TEST_IMAGES, add_gaussian_noise, load_sample, seeded_generator
+from glmha.data.held_out import Pair
+from glmha.data.held_out import held_out_pairs as glmha_held_out_pairs
 from glmha.errors import GlmhaError
 from glmha.io_utils import atomic_write, atomic_write_text
 from glmha.metrics import psnr
@@ -50,21 +51,9 @@ NOISE_SEED = 2024  # held-out image i gets noise seed NOISE_SEED + i, as in the 
 NOISE = {"type": "gaussian_noise", "sigma": SIGMA}
 COUNT_SIZE = (256, 256)  # input size of the MAC counts
 
-Pair = tuple[str, torch.Tensor, torch.Tensor]  # (name, clean (1, 3, h, w), noisy (1, 3, h, w))
-
-
 def held_out_pairs(crop: int) -> list[Pair]:
-    """Centre crops of the held-out photos and their noisy versions, the same for every model."""
-    pairs = []
-    for index, name in enumerate(TEST_IMAGES):
-        image = load_sample(name)  # (3, H, W) in [0, 1]
-        height, width = image.shape[-2:]
-        side_h, side_w = min(crop, height), min(crop, width)
-        top, left = (height - side_h) // 2, (width - side_w) // 2
-        clean = image[:, top:top + side_h, left:left + side_w].unsqueeze(0)  # (1, 3, h, w)
-        noisy = add_gaussian_noise(clean, SIGMA, seeded_generator(NOISE_SEED + index))  # unclipped
-        pairs.append((name, clean, noisy))
-    return pairs
+    """Centre crops of the held-out photos and their sigma-25 noisy versions, the same for every model."""
+    return glmha_held_out_pairs(crop, sigma=SIGMA, seed=NOISE_SEED)
 
 
 @torch.no_grad()

@@ -291,6 +291,23 @@ def _cut(image: torch.Tensor, margins: Margins) -> torch.Tensor:
     return image[:, top:height - bottom, left:width - right].contiguous()
 
 
+class EpochOrder:
+    """Which image training item i is cut from: every image once per pass, in an order drawn from
+    (seed, pass), so the answer depends on i alone (exact resumption, any number of workers)."""
+
+    def __init__(self, count: int, seed: int) -> None:
+        self.count = count
+        self.seed = seed
+        self._permutation: tuple[int, torch.Tensor] | None = None  # (pass, order): the last one used
+
+    def __call__(self, i: int) -> int:
+        epoch, position = divmod(i, self.count)
+        if self._permutation is None or self._permutation[0] != epoch:
+            generator = seeded_generator(stable_seed("glmha.distill.epoch", self.seed, epoch))
+            self._permutation = (epoch, torch.randperm(self.count, generator=generator))
+        return int(self._permutation[1][position])
+
+
 class TrainPatches(Dataset):
     """Random training patches; item i is a pure function of (seed, i), whatever reads it and when.
 
@@ -314,18 +331,10 @@ class TrainPatches(Dataset):
         self.length = length
         self.seed = seed
         self.flips = flips
-        self._permutation: tuple[int, torch.Tensor] | None = None  # (pass, order): the last one used
+        self.image_index = EpochOrder(len(source), seed)
 
     def __len__(self) -> int:
         return self.length
-
-    def image_index(self, i: int) -> int:
-        """Which image item i is cut from."""
-        epoch, position = divmod(i, len(self.source))
-        if self._permutation is None or self._permutation[0] != epoch:
-            generator = seeded_generator(stable_seed("glmha.distill.epoch", self.seed, epoch))
-            self._permutation = (epoch, torch.randperm(len(self.source), generator=generator))
-        return int(self._permutation[1][position])
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         i = int(i)

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from glmha.data.degrade import seeded_generator
-from glmha.distill.data import stable_seed
+from glmha.distill.data import EpochOrder, stable_seed
 from glmha.errors import GlmhaError
 from glmha.spectral.cassi import mst_inputs
 
@@ -136,17 +136,10 @@ class SpectralPatches(Dataset):
         if length < 1:
             raise GlmhaError(f"{source.where}: the run needs at least one sample")
         self.source, self.patch_size, self.length, self.seed, self.flips = source, patch_size, length, seed, flips
-        self._permutation: tuple[int, torch.Tensor] | None = None
+        self.image_index = EpochOrder(len(source), seed)
 
     def __len__(self) -> int:
         return self.length
-
-    def image_index(self, i: int) -> int:
-        epoch, position = divmod(i, len(self.source))
-        if self._permutation is None or self._permutation[0] != epoch:
-            generator = seeded_generator(stable_seed("glmha.distill.epoch", self.seed, epoch))
-            self._permutation = (epoch, torch.randperm(len(self.source), generator=generator))
-        return int(self._permutation[1][position])
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         generator = seeded_generator(stable_seed("glmha.distill.patch", self.seed, int(i)))
