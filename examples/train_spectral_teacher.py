@@ -44,6 +44,7 @@ from glmha.archs import MSTPlusPlus
 from glmha.data import seeded_generator
 from glmha.errors import GlmhaError
 from glmha.io_utils import atomic_write, atomic_write_text, check_writable_target
+from glmha.runtime import environment, make_deterministic
 from glmha.spectral.metrics import SPECTRAL_METRICS, spectral_scores
 from glmha.spectral.synthetic import (
     CAMERA_CENTRES_NM,
@@ -240,12 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
-    torch.set_num_threads(args.threads)
-    deterministic = True
-    try:
-        torch.use_deterministic_algorithms(True)
-    except RuntimeError:  # pragma: no cover - only on builds without deterministic kernels
-        deterministic = False
+    deterministic = make_deterministic(args.threads)
     train_seeds = list(range(args.train_scenes))
     test_seeds = list(range(TEST_SEED, TEST_SEED + args.test_scenes))
     rgb, cube = make_scenes(train_seeds, args.size)
@@ -297,8 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "deterministic_algorithms": deterministic,
             "log": history["log"],
         },
-        "environment": {"torch": torch.__version__, "python": sys.version.split()[0], "device": "cpu",
-                        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")},
+        "environment": environment(),
         "command": "python examples/train_spectral_teacher.py " + shlex.join(argv),
         "train_seconds": round(train_seconds, 1),
         "wall_seconds": round(wall_seconds, 1),

@@ -44,9 +44,11 @@ from glmha.data import (
     load_sample,
     seeded_generator,
 )
+from glmha.distill.data import crop_to, pad_to_multiple
 from glmha.errors import GlmhaError
 from glmha.io_utils import atomic_write, atomic_write_text, check_writable_target
 from glmha.metrics import psnr_per_image, ssim_per_image
+from glmha.runtime import environment, make_deterministic
 
 TEACHER_CONFIG: dict[str, Any] = dict(
     inp_channels=3, out_channels=3, dim=16, num_blocks=(2, 2, 2, 2), num_refinement_blocks=2,
@@ -109,11 +111,8 @@ class PatchSampler:
 @torch.no_grad()
 def denoise(model: torch.nn.Module, noisy: torch.Tensor) -> torch.Tensor:
     """Run the model on a whole (b, c, h, w) image of any size: reflect-pad to a multiple of 8, crop back."""
-    height, width = noisy.shape[-2:]
-    pad_bottom = (-height) % MULTIPLE
-    pad_right = (-width) % MULTIPLE
-    padded = F.pad(noisy, (0, pad_right, 0, pad_bottom), mode="reflect") if pad_bottom or pad_right else noisy
-    return model(padded)[..., :height, :width]
+    padded, size = pad_to_multiple(noisy, MULTIPLE)
+    return crop_to(model(padded), size)
 
 
 def evaluate_teacher(
@@ -237,12 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
-    torch.set_num_threads(args.threads)
-    deterministic = True
-    try:
-        torch.use_deterministic_algorithms(True)
-    except RuntimeError:  # pragma: no cover - only on builds without deterministic kernels
-        deterministic = False
+    deterministic = make_deterministic(args.threads)
     torch.manual_seed(args.seed)
     model = Restormer(**TEACHER_CONFIG)
 
@@ -286,8 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "deterministic_algorithms": deterministic,
             "log": history["log"],
         },
-        "environment": {"torch": torch.__version__, "python": sys.version.split()[0], "device": "cpu",
-                        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")},
+        "environment": environment(),
         "command": "python examples/train_teacher.py " + shlex.join(argv),
         "train_seconds": round(train_seconds, 1),
         "wall_seconds": round(wall_seconds, 1),

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import random
+import sys
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -96,3 +100,16 @@ def example_batch(model: RestorationModel, size: int = 16, seed: int = 0) -> tup
 @pytest.fixture(params=sorted(RANDOM_CONFIGS))
 def family(request) -> str:
     return request.param
+
+
+def load_example(stem: str) -> ModuleType:
+    """Import examples/<stem>.py as a module (examples/ is not a package), once per session."""
+    name = f"glmha_example_{stem}"
+    if name in sys.modules:
+        return sys.modules[name]
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{stem}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -6,9 +6,7 @@ Crops are 64x64 and the distillation runs a step or two, so the whole file stays
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -16,32 +14,22 @@ import pytest
 
 import glmha
 
+from conftest import load_example
+
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = ROOT / "checkpoints" / "restormer_denoise_s25.pth"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CROP = "64"
 
 
-def _load_script(stem: str) -> ModuleType:
-    """Import examples/<stem>.py as a module (examples/ is not a package)."""
-    name = f"glmha_example_{stem}"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{stem}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def walkthrough() -> ModuleType:
-    return _load_script("api_walkthrough")
+    return load_example("api_walkthrough")
 
 
 @pytest.fixture(scope="module")
 def sweep() -> ModuleType:
-    return _load_script("energy_sweep")
+    return load_example("energy_sweep")
 
 
 @pytest.fixture(scope="module")

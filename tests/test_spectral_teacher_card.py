@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,8 @@ import glmha
 from glmha.spectral.metrics import SPECTRAL_METRICS
 from glmha.spectral.synthetic import NTIRE_WAVELENGTHS
 
+from conftest import load_example
+
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "checkpoints" / "mst_plus_plus_synthetic.pth"
 CARD = ROOT / "checkpoints" / "mst_plus_plus_synthetic.json"
@@ -21,21 +21,9 @@ SCRIPT = "train_spectral_teacher.py"
 REL = 1e-4
 
 
-def _load_script():
-    """Import examples/train_spectral_teacher.py as a module (examples/ is not a package)."""
-    name = "glmha_example_train_spectral_teacher"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def script():
-    return _load_script()
+    return load_example("train_spectral_teacher")
 
 
 @pytest.fixture(scope="module")

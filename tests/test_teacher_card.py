@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,27 +11,17 @@ import torch
 import glmha
 from glmha.data import TEST_IMAGES, TRAIN_IMAGES
 
+from conftest import load_example
+
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "checkpoints" / "restormer_denoise_s25.pth"
 CARD = ROOT / "checkpoints" / "restormer_denoise_s25.json"
 MIN_GAIN_DB = 8.0
 
 
-def _load_script():
-    """Import examples/train_teacher.py as a module (examples/ is not a package)."""
-    name = "glmha_example_train_teacher"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / "train_teacher.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def script():
-    return _load_script()
+    return load_example("train_teacher")
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Run small-tensor work on one intra-op thread.
+"""Thread and determinism settings: small-tensor work on one thread; reproducible training runs.
 
 Conversion is thousands of tiny operations (d x d Gram matrices, per-head SVDs, meta-device MAC
 counts). OpenMP threads do not speed these up, and on a loaded machine their spin-waits make each
@@ -9,6 +9,8 @@ op hundreds of times slower (measured: a 48x384 float64 matmul took 16 ms with 2
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 
 import torch
 
@@ -21,3 +23,20 @@ class single_thread(contextlib.ContextDecorator):
 
     def __exit__(self, *exc: object) -> None:
         torch.set_num_threads(self._previous)
+
+
+def make_deterministic(threads: int) -> bool:
+    """Fix the intra-op thread count and ask for deterministic kernels, as the shipped teachers'
+    training does; returns whether deterministic algorithms are in force (recorded on the card)."""
+    torch.set_num_threads(threads)
+    try:
+        torch.use_deterministic_algorithms(True)
+    except RuntimeError:  # pragma: no cover - only on builds without deterministic kernels
+        return False
+    return True
+
+
+def environment() -> dict[str, str | None]:
+    """What a training card records about the machine's software."""
+    return {"torch": torch.__version__, "python": sys.version.split()[0], "device": "cpu",
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
