@@ -191,7 +191,7 @@ def test_gradient_accumulation_matches_a_larger_batch(tmp_path):
 
 def test_trainable_glmha_freezes_everything_else(tmp_path):
     recipe = tiny_recipe(tmp_path, train={"steps": 2})
-    initial = build_student(recipe, load_teacher(recipe), "", print).state_dict()  # conversion is deterministic
+    initial = build_student(recipe, load_teacher(recipe), print).state_dict()  # conversion is deterministic
     run(recipe)
     trained = final_weights(tmp_path / "run")
     student = glmha.load(tmp_path / "run" / "student.safetensors")

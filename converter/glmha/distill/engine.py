@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import shutil
 import signal
 import sys
 import threading
@@ -128,9 +129,9 @@ def load_teacher(recipe: Recipe) -> RestorationModel:
     return teacher
 
 
-def build_student(recipe: Recipe, teacher: RestorationModel, teacher_sha256: str,
-                  say: Callable[[str], None]) -> RestorationModel:
-    """The student from a glmha export, or by converting the teacher with the recipe's settings."""
+def build_student(recipe: Recipe, teacher: RestorationModel, say: Callable[[str], None]) -> RestorationModel:
+    """The student from a glmha export, or by converting the teacher with the recipe's settings (the
+    conversion records the teacher file's SHA-256, which glmha.load noted)."""
     from glmha.convert.api import analyse, convert
     from glmha.convert.plan import make_plan
     from glmha.loader import load
@@ -145,17 +146,14 @@ def build_student(recipe: Recipe, teacher: RestorationModel, teacher_sha256: str
             raise RecipeError(f"student.path: {spec.path} was converted from a different model "
                               f"({student.family} {student.config.to_dict()}) than the teacher "
                               f"({teacher.family} {teacher.config.to_dict()})")
-        if record.source_sha256 and record.source_sha256 != teacher_sha256:
+        if record.source_sha256 and record.source_sha256 != teacher.glmha_source["sha256"]:
             say(f"note: {spec.path} was converted from a file with another SHA-256 than the teacher "
                 f"(same architecture; continuing)")
         return student
     spectra = analyse(teacher, mode=spec.spectrum)
     settings = GLMHASettings(alpha=spec.alpha)
     plan = make_plan(teacher, spectra, spec.plan_settings(), settings, *recipe.eval.input_size)
-    student = convert(teacher, plan, spectra)
-    student.glmha_record.source_sha256 = teacher_sha256
-    student.glmha_record.source_file = Path(recipe.teacher).name
-    return student
+    return convert(teacher, plan, spectra)
 
 
 SPECTRAL_FAMILIES = ("mst_plus_plus", "mst")
@@ -211,6 +209,7 @@ class Distillation:
         self.dry_run = dry_run
         self.progress = progress
         self._say = say or (lambda text: print(text, flush=True))
+        self.accelerator = None  # set by run(); until then every process speaks
         if stop_at is not None and stop_at < 1:
             raise GlmhaError(f"--stop-at must be a positive step, got {stop_at}")
 
@@ -245,7 +244,6 @@ class Distillation:
     def run(self) -> RunResult:
         from accelerate.utils import set_seed
 
-        self.accelerator = None
         recipe = self.recipe
         accelerator, tracker_names = self._make_accelerator()
         self.accelerator = accelerator
@@ -253,18 +251,17 @@ class Distillation:
         root = checkpointing.checkpoint_root(run_dir)
 
         resume = None if (self.restart or self.dry_run) else checkpointing.latest_checkpoint(root)
-        files = {"teacher": sha256_file(recipe.teacher)}  # the run's input files, by content
+        teacher = load_teacher(recipe)
+        files = {"teacher": teacher.glmha_source["sha256"]}  # the run's input files, by content
         if recipe.student.path is not None:
             files["student.path"] = sha256_file(recipe.student.path)
-        teacher_sha256 = files["teacher"]
         state = RunState()
         if resume is not None:
             state = self._check_resumable(resume, files, accelerator.num_processes)
 
         set_seed(recipe.train.seed)
-        teacher = load_teacher(recipe)
         _check_data_fits(recipe, teacher)
-        student = build_student(recipe, teacher, teacher_sha256, self.say)
+        student = build_student(recipe, teacher, self.say)
         teacher.to(accelerator.device).eval().requires_grad_(False)
         student.to(accelerator.device).train()
         params = select_trainable(student, recipe.train.trainable)
@@ -277,8 +274,6 @@ class Distillation:
                             length=micro_batches * recipe.data.batch_size, seed=recipe.train.seed,
                             flips=recipe.data.flips)
         if recipe.data.val.spectral:
-            if recipe.data.val_crop is not None:
-                raise RecipeError("data.val_crop: spectral validation scores whole scenes; use eval.border")
             val_set = SpectralScenes(val_source, limit=recipe.data.val_limit)
         else:
             val_set = ValImages(val_source, seed=0, limit=recipe.data.val_limit, crop=recipe.data.val_crop)
@@ -309,8 +304,6 @@ class Distillation:
             self.say(f"resuming from {resume[1]} (step {state.step} of {recipe.train.steps})")
         elif accelerator.is_main_process:
             if self.restart and root.exists():
-                import shutil
-
                 shutil.rmtree(root)
                 (run_dir / STUDENT_FILE).unlink(missing_ok=True)
             run_dir.mkdir(parents=True, exist_ok=True)

@@ -25,12 +25,6 @@ class Scores:
     values: dict[str, float | None]
     images: int
 
-    def __getattr__(self, name: str) -> float | None:  # scores.psnr_gt, scores.mrae_teacher, ...
-        values = self.__dict__.get("values", {})
-        if name in values:
-            return values[name]
-        raise AttributeError(name)
-
     @property
     def key(self) -> float:
         """What selects the best student: PSNR against ground truth, else against the teacher."""

@@ -324,6 +324,8 @@ class Recipe(StrictConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.data.val.spectral and self.data.val_crop is not None:
+            raise RecipeError("data.val_crop: spectral validation scores whole scenes; use eval.border")
         if self.loss.gt > 0 and not self.data.train.has_target:
             raise RecipeError(f"loss.gt: is {self.loss.gt} but data.train has no ground truth (inputs only); "
                               f"set loss.gt: 0 or give targets")
