@@ -1,16 +1,19 @@
 """How fast does distillation win back the quality that conversion loses?
 
-Converts the shipped teacher (checkpoints/restormer_denoise_s25.pth, a small Restormer for sigma-25
-colour denoising) at each energy and distils it with glmha.distill on the offline sample photos:
-train patches from the training photos, validation on the three held-out photos (centre 256x256
-crops, fixed noise), evaluated every few steps. By default the loss is pure teacher distillation
-(output L1 1.0 + block features 0.1, no ground truth), so the ground-truth PSNR measures what the
-teacher's signal alone gives back. Prints PSNR against steps as Markdown (step 0 is the converted
-student before any training) and a summary with the student's cost. The default lr 5e-4 recovered
-faster than 2e-4 at both energies, and 200 steps reach the plateau (bench/RESULTS.md).
+`--task denoise` (default) converts the shipped teacher checkpoints/restormer_denoise_s25.pth (a
+small Restormer for sigma-25 colour denoising) at each energy and distils it with glmha.distill on the
+offline sample photos: train patches from the training photos, validation on the three held-out photos
+(centre 256x256 crops, fixed noise), scored by PSNR. `--task spectral` does the same for the shipped
+MST++ teacher checkpoints/mst_plus_plus_synthetic.pth on synthetic scenes (training scenes from seed
+0, four held-out ones from seed 2000, Adam as MST++), scored by MRAE, MST++'s selection metric.
+Evaluated every few steps. By default the loss is pure teacher distillation (output 1.0 + block
+features 0.1, no ground truth), so the ground-truth score measures what the teacher's signal alone
+gives back. Prints the score against steps as Markdown (step 0 is the converted student before any
+training) and a summary with the student's cost. For denoising the default lr 5e-4 recovered faster
+than 2e-4 at both energies, and 200 steps reach the plateau (bench/RESULTS.md).
 
-    OMP_WAIT_POLICY=PASSIVE python bench/distill_recovery.py [--energies 0.9 0.8] [--steps 200]
-        [--lr 5e-4] [--gt 0] [--out runs/bench_distill_recovery] [--json FILE]
+    OMP_WAIT_POLICY=PASSIVE python bench/distill_recovery.py [--task denoise|spectral]
+        [--energies 0.9 0.8] [--steps 200] [--lr 5e-4] [--gt 0] [--out DIR] [--json FILE]
 
 Runs always start over (`restart`), so an --out folder from an earlier benchmark is overwritten.
 """
@@ -27,22 +30,36 @@ import time
 from pathlib import Path
 from typing import Any
 
-DEFAULT_TEACHER = "checkpoints/restormer_denoise_s25.pth"
 DEFAULT_OUT = "runs/bench_distill_recovery"
 NOISE = {"type": "gaussian_noise", "sigma": 25}
+SCENES = {"format": "synthetic", "kind": "rgb", "size": 96}
+TASKS: dict[str, dict[str, Any]] = {
+    "denoise": {
+        "teacher": "checkpoints/restormer_denoise_s25.pth", "metric": "psnr", "higher_is_better": True,
+        "data": {"train": {"samples": "train", "degrade": NOISE}, "val": {"samples": "test", "degrade": NOISE}},
+        "optimizer": "adamw", "distance": "l1", "patch": 48,
+    },
+    "spectral": {
+        "teacher": "checkpoints/mst_plus_plus_synthetic.pth", "metric": "mrae", "higher_is_better": False,
+        "data": {"train": {**SCENES, "scenes": 48, "seed": 0}, "val": {**SCENES, "scenes": 4, "seed": 2000},
+                 "val_crop": None},
+        "optimizer": "adam", "distance": "mrae", "patch": 64,
+    },
+}
 
 
 def recipe_dict(args: argparse.Namespace, energy: float, run_dir: Path) -> dict[str, Any]:
     """One run: every setting the benchmark varies comes from the command line, the rest is fixed."""
+    task = TASKS[args.task]
     return {
         "version": 1,
         "teacher": args.teacher,
         "student": {"energy": energy},
-        "data": {"train": {"samples": "train", "degrade": NOISE}, "val": {"samples": "test", "degrade": NOISE},
-                 "patch_size": args.patch, "batch_size": args.batch, "workers": 0, "val_crop": args.val_crop},
-        "train": {"steps": args.steps, "lr": args.lr, "optimizer": "adamw", "scheduler": "cosine",
+        "data": {"patch_size": args.patch, "batch_size": args.batch, "workers": 0, "val_crop": args.val_crop,
+                 **task["data"]},
+        "train": {"steps": args.steps, "lr": args.lr, "optimizer": task["optimizer"], "scheduler": "cosine",
                   "seed": args.seed, "checkpoint_every": args.steps, "keep_checkpoints": 1},
-        "loss": {"output": 1.0, "features": args.features, "gt": args.gt},
+        "loss": {"output": 1.0, "features": args.features, "gt": args.gt, "distance": task["distance"]},
         "eval": {"every": args.eval_every},
         "output": {"dir": str(run_dir), "tensorboard": False},
     }
@@ -85,56 +102,71 @@ def run_energy(args: argparse.Namespace, energy: float, out: Path) -> dict[str, 
     }
 
 
-def _db(value: Any) -> str:
+def _fmt(value: Any, metric: str) -> str:
     if value is None:
         return "-"
     value = float(value)
-    return "inf" if math.isinf(value) else f"{value:.2f}"
+    if math.isinf(value):
+        return "inf"
+    return f"{value:.2f}" if metric == "psnr" else f"{value:.4f}"
 
 
 def markdown(runs: list[dict[str, Any]], args: argparse.Namespace) -> str:
-    """PSNR against steps (one pair of columns per energy), then one summary row per energy."""
+    """The task's metric against steps (one pair of columns per energy), then one summary row per energy."""
+    task = TASKS[args.task]
+    metric, sign = task["metric"], 1.0 if task["higher_is_better"] else -1.0
+    name = metric.upper()
+    gt, vs_teacher = f"{metric}_gt", f"{metric}_teacher"
     teacher = runs[0]["teacher"]
-    head = "| step |" + "".join(f" E={r['energy']:g} vs GT | E={r['energy']:g} vs teacher |" for r in runs)
+    head = "| step |" + "".join(f" E={r['energy']:g} {name} vs GT | E={r['energy']:g} vs teacher |" for r in runs)
     lines = [head, "|---|" + "---|---|" * len(runs)]
-    lines.append("| teacher |" + f" {_db(teacher['psnr_gt'])} | - |" * len(runs))
+    lines.append("| teacher |" + f" {_fmt(teacher[gt], metric)} | - |" * len(runs))
     steps = sorted({h["step"] for r in runs for h in r["history"]})
     for step in steps:
         cells = []
         for r in runs:
             row = next((h for h in r["history"] if h["step"] == step), None)
-            cells += [_db(row and row["psnr_gt"]), _db(row and row["psnr_teacher"])]
+            cells += [_fmt(row and row[gt], metric), _fmt(row and row[vs_teacher], metric)]
         label = "0 (converted)" if step == 0 else str(step)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", "| energy | layers converted | student params | MACs (b) saved | PSNR vs GT: converted -> best "
-              "(step) | gap to teacher recovered | run time (training) |", "|---|---|---|---|---|---|---|"]
+    lines += ["", f"| energy | layers converted | student params | MACs (b) saved | {name} vs GT: converted -> "
+              "best (step) | gap to teacher recovered | run time (training) |", "|---|---|---|---|---|---|---|"]
     for r in runs:
         conv = r["converted"]
-        best = max(r["history"], key=lambda h: float(h["psnr_gt"]))
-        lost = float(teacher["psnr_gt"]) - float(conv["psnr_gt"])
-        won = float(best["psnr_gt"]) - float(conv["psnr_gt"])
+        best = max(r["history"], key=lambda h: sign * float(h[gt]))
+        lost = sign * (float(teacher[gt]) - float(conv[gt]))
+        won = sign * (float(best[gt]) - float(conv[gt]))
+        share = f"{won / lost:.0%}" if lost > 0 else "n/a: converted is not worse"
         saved = (teacher["macs_total"] - conv["macs_total"]) / teacher["macs_total"]
         params = conv["params"] - teacher["params"]
         lines.append(
             f"| {r['energy']:g} | {r['layers_converted']} | {conv['params']:,} ({params:+,}) | {saved:.2%} | "
-            f"{_db(conv['psnr_gt'])} -> {_db(best['psnr_gt'])} ({best['step']}) | "
-            f"{won:.2f} of {lost:.2f} dB ({won / lost:.0%}) | {r['wall_s']:.0f} s ({r['train_s']:.0f} s) |")
-    loss = f"output 1.0 + features {args.features:g}" + (f" + gt {args.gt:g}" if args.gt else " (no ground truth)")
-    lines += ["", f"Teacher {args.teacher}: {teacher['params']:,} params, PSNR {_db(teacher['psnr_gt'])} dB / "
-              f"SSIM {float(teacher['ssim_gt']):.4f} vs GT on the {teacher['images']} held-out photos (centre "
-              f"{args.val_crop}x{args.val_crop} crops, sigma 25). Distillation: {args.steps} steps, patch "
-              f"{args.patch}, batch {args.batch}, AdamW lr {args.lr:g} cosine, loss {loss}, trainable: GLMHA "
-              f"parameters only. MACs (b) at 1x3x256x256 including attention products."]
+            f"{_fmt(conv[gt], metric)} -> {_fmt(best[gt], metric)} ({best['step']}) | "
+            f"{_fmt(won, metric)} of {_fmt(lost, metric)} ({share}) | "
+            f"{r['wall_s']:.0f} s ({r['train_s']:.0f} s) |")
+    loss = (f"output {task['distance']} 1.0 + features {args.features:g}"
+            + (f" + gt {args.gt:g}" if args.gt else " (no ground truth)"))
+    if args.task == "denoise":
+        where = (f"PSNR {_fmt(teacher['psnr_gt'], 'psnr')} dB / SSIM {float(teacher['ssim_gt']):.4f} vs GT on the "
+                 f"{teacher['images']} held-out photos (centre {args.val_crop}x{args.val_crop} crops, sigma 25)")
+    else:
+        where = (f"MRAE {_fmt(teacher['mrae_gt'], 'mrae')} / PSNR {_fmt(teacher['psnr_gt'], 'psnr')} dB vs GT "
+                 f"on {teacher['images']} held-out synthetic scenes (whole 96x96)")
+    lines += ["", f"Teacher {args.teacher}: {teacher['params']:,} params, {where}. Distillation: {args.steps} "
+              f"steps, patch {args.patch}, batch {args.batch}, {task['optimizer']} lr {args.lr:g} cosine, loss "
+              f"{loss}, trainable: GLMHA parameters only. MACs (b) at 256x256 including attention products."]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--teacher", default=DEFAULT_TEACHER)
+    parser.add_argument("--task", choices=sorted(TASKS), default="denoise",
+                        help="denoise: the shipped Restormer on photos; spectral: the shipped MST++ on scenes")
+    parser.add_argument("--teacher", help="default: the task's shipped teacher")
     parser.add_argument("--energies", type=float, nargs="+", default=[0.9, 0.8])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--eval-every", type=int, default=25)
-    parser.add_argument("--patch", type=int, default=48)
+    parser.add_argument("--patch", type=int, help="default: 48 (denoise), 64 (spectral)")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--features", type=float, default=0.1, help="weight of the block-feature loss")
@@ -144,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=DEFAULT_OUT, help="folder for the run directories (overwritten)")
     parser.add_argument("--json", help="also write every run's history and rows as JSON")
     args = parser.parse_args(argv)
+    args.teacher = args.teacher or TASKS[args.task]["teacher"]
+    args.patch = args.patch or TASKS[args.task]["patch"]
     if os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
         print("warning: OMP_WAIT_POLICY is not PASSIVE; on a shared CPU, spinning OpenMP threads can make "
               "steps many times slower", file=sys.stderr)
@@ -151,12 +185,15 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     out = Path(args.out)
+    metric = TASKS[args.task]["metric"]
+    gt = f"{metric}_gt"
     runs = []
     for energy in args.energies:
         runs.append(run_energy(args, energy, out))
         r = runs[-1]
         print(f"energy {energy:g}: {args.steps} steps in {r['wall_s']:.0f} s ({r['train_s']:.0f} s training); "
-              f"PSNR vs GT {_db(r['converted']['psnr_gt'])} -> {_db(r['distilled']['psnr_gt'])} dB", flush=True)
+              f"{metric.upper()} vs GT {_fmt(r['converted'][gt], metric)} -> {_fmt(r['distilled'][gt], metric)}",
+              flush=True)
     table = markdown(runs, args)
     print("\n" + table)
     if args.json:

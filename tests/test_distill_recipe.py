@@ -50,6 +50,8 @@ BAD_VALUES = [
     ("loss.gt", -1.0, "loss.gt: must be >= 0, got -1.0"),
     ("eval.metrics", ["psnr", "lpips"], "eval.metrics: expected a list of psnr, ssim, mrae, rmse, sam"),
     ("eval.every", "often", "eval.every: expected an integer, got 'often'"),
+    ("eval.select", "lpips", "eval.select: expected one of psnr, ssim, mrae, rmse, sam (empty: the default), "
+                            "got 'lpips'"),
     ("data.patch_size", -8, "data.patch_size: must be > 0, got -8"),
     ("data.batch_size", "4", "data.batch_size: expected an integer, got '4'"),
     ("data.train.degrade.sigma", -3, "data.train.degrade.sigma: must be >= 0"),

@@ -43,6 +43,10 @@ def test_mst_plus_plus_distils_on_synthetic_rgb(tmp_path):
     assert all(history[0][f"{m}_gt"] is not None for m in report["metrics"])
     md = (tmp_path / "run" / "report.md").read_text()
     assert "| MRAE vs GT |" in md and "| SAM vs teacher |" in md
+    # the exported student is the one with the lowest MRAE vs GT, as MST++'s own training keeps it
+    errors = [row["mrae_gt"] for row in history]
+    assert report["best_step"] == history[errors.index(min(errors))]["step"]
+    assert "best student by MRAE vs GT" in md
 
 
 def test_mst_l_distils_on_simulated_cassi(tmp_path):
@@ -51,6 +55,19 @@ def test_mst_l_distils_on_simulated_cassi(tmp_path):
     result = distill(spectral_recipe(tmp_path, teacher, "sci", train={"steps": 6}), progress=False)
     history = json.loads((tmp_path / "run" / "report.json").read_text())["history"]
     assert result.finished and history[-1]["rmse_teacher"] < 0.9 * history[0]["rmse_teacher"]
+
+
+def test_selection_metric_must_be_evaluated(tmp_path):
+    model = randomise(MSTPlusPlus(in_channels=3, out_channels=BANDS, n_feat=BANDS, stage=1,
+                                  stage_blocks=(1, 1, 1)), 0)
+    teacher = save(model, tmp_path / "mstpp.pth", "state_dict")
+    message = "eval.select: 'ssim' is not among the evaluated metrics (mrae, rmse, psnr, sam)"
+    with pytest.raises(RecipeError, match=re.escape(message)):
+        distill(spectral_recipe(tmp_path, teacher, "rgb", eval={"select": "ssim"}), progress=False)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(RecipeError, match=re.escape("eval.select: 'sam' is not among the evaluated metrics "
+                                                    "(mrae, psnr)")):
+        spectral_recipe(tmp_path, teacher, "rgb", eval={"select": "sam", "metrics": ["mrae", "psnr"]})
 
 
 def test_cassi_training_samples_are_consistent_with_their_ground_truth():
@@ -107,3 +124,20 @@ def test_spectral_distances_match_their_definitions():
     mrae = (0.25 / 0.25 + 0.2 / 0.4 + 0.0995 / MRAE_FLOOR + 0.5 / 0.5) / 4
     assert distance_fn("rmse")(a, b).item() == pytest.approx(rmse, rel=1e-6)
     assert distance_fn("mrae")(a, b).item() == pytest.approx(mrae, rel=1e-6)
+
+
+def test_selection_key_orientation_and_fallbacks():
+    """Larger is better after orientation; ground truth first, the teacher otherwise; NaN never wins."""
+    from glmha.distill.evaluate import Scores, default_selection
+
+    with_gt = Scores({"mrae_gt": 0.1, "mrae_teacher": 0.01, "psnr_gt": 30.0, "psnr_teacher": 40.0}, images=2)
+    better = Scores({"mrae_gt": 0.05, "mrae_teacher": 0.2, "psnr_gt": 31.0, "psnr_teacher": 35.0}, images=2)
+    assert with_gt.selection_key("mrae") == -0.1 and with_gt.selection_key("psnr") == 30.0
+    assert better.selection_key("mrae") > with_gt.selection_key("mrae")
+    assert better.selection_key("psnr") > with_gt.selection_key("psnr")
+    teacher_only = Scores({"sam_gt": None, "sam_teacher": 2.5}, images=1)
+    assert teacher_only.reference("sam") == "teacher" and teacher_only.selection_key("sam") == -2.5
+    assert Scores({"psnr_gt": float("nan")}, images=1).selection_key("psnr") == float("-inf")
+    assert Scores({}, images=1).selection_key("psnr") == float("-inf")
+    assert (default_selection("mst_plus_plus"), default_selection("mst"), default_selection("restormer")) == (
+        "mrae", "psnr", "psnr")

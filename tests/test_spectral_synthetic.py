@@ -10,9 +10,14 @@ import torch
 from glmha.errors import GlmhaError
 from glmha.spectral.synthetic import (
     CASSI_WAVELENGTHS,
+    LIBRARY_SIZE,
     NTIRE_WAVELENGTHS,
     camera_response,
+    capture_rgb,
+    decode_srgb,
     default_wavelengths,
+    encode_srgb,
+    material_library,
     reflectance_cube,
     render_rgb,
 )
@@ -93,3 +98,55 @@ def test_render_clips_is_deterministic_and_batches() -> None:
     assert torch.allclose(render_rgb(batch, response)[0], rgb, atol=1e-6)
     with pytest.raises(GlmhaError, match="render_rgb"):
         render_rgb(_cube(0, 28), response)
+
+
+def test_srgb_curve_values_and_inverse() -> None:
+    linear = torch.linspace(0.0, 1.0, 1001, dtype=torch.float64)
+    encoded = encode_srgb(linear)
+    assert torch.allclose(decode_srgb(encoded), linear, atol=1e-12)
+    assert bool((encoded[1:] > encoded[:-1]).all())  # strictly increasing
+    # IEC 61966-2-1: the two pieces meet at 0.0031308 -> 0.04045; mid grey 0.18 encodes to 0.46136
+    knee = encode_srgb(torch.tensor([0.0031308], dtype=torch.float64))
+    assert float(knee) == pytest.approx(0.0404500, abs=1e-6)
+    assert float(encode_srgb(torch.tensor([0.18], dtype=torch.float64))) == pytest.approx(0.4613561, abs=1e-6)
+    assert float(encode_srgb(torch.tensor([1.0]))) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_capture_is_the_tone_mapped_quantised_rendering() -> None:
+    response = camera_response(NTIRE_WAVELENGTHS)
+    flat = torch.full((31, 3, 4), 0.37)
+    expected = round(1.055 * 0.37 ** (1 / 2.4) * 255 - 0.055 * 255) / 255
+    assert torch.allclose(capture_rgb(flat, response), torch.full((3, 3, 4), expected), atol=1e-7)
+    cube = _cube(4)
+    rgb = capture_rgb(cube, response)
+    codes = rgb * 255
+    assert torch.allclose(codes, codes.round(), atol=1e-4)  # on the 8-bit grid
+    # within half a code of the exact curve, and the 4-bit camera is coarser still
+    exact = encode_srgb(render_rgb(cube, response))
+    assert float((rgb - exact).abs().max()) <= 0.5 / 255 + 1e-6
+    assert len(torch.unique(capture_rgb(cube, response, bits=4))) <= 16
+    with pytest.raises(GlmhaError, match="bits must lie in"):
+        capture_rgb(cube, response, bits=0)
+
+
+@pytest.mark.parametrize("wavelengths", [NTIRE_WAVELENGTHS, CASSI_WAVELENGTHS])
+def test_material_library_is_fixed_and_shared_by_scenes(wavelengths) -> None:
+    library = material_library(wavelengths)
+    assert library.shape == (LIBRARY_SIZE, len(wavelengths))
+    assert float(library.min()) > 0.0 and float(library.max()) < 1.0
+    library[0] = 0.0  # a returned copy: the cached library is untouched
+    assert torch.equal(material_library(wavelengths), material_library(list(wavelengths)))
+    assert float(material_library(wavelengths)[0].min()) > 0.0
+    # a cube is shading x (convex mix of 3-6 library spectra): its pixels span a subspace of rank 3-6, and
+    # exactly that many library spectra lie in it (the rest are far outside)
+    for seed in range(6):
+        cube = reflectance_cube(16, 16, len(wavelengths), torch.Generator().manual_seed(seed))
+        pixels = cube.double().reshape(len(wavelengths), -1)  # (bands, h, w) -> (bands, h*w)
+        u, singular, _ = torch.linalg.svd(pixels, full_matrices=False)
+        rank = int((singular > 1e-7 * singular[0]).sum())  # float32 rounding sits near 1e-8
+        assert 3 <= rank <= 6
+        span = u[:, :rank]  # (bands, rank)
+        spectra = material_library(wavelengths).T  # (bands, LIBRARY_SIZE)
+        residual = (spectra - span @ (span.T @ spectra)).norm(dim=0) / spectra.norm(dim=0)
+        assert int((residual < 1e-5).sum()) == rank, (seed, sorted(residual.tolist())[:8])
+        assert float(residual.sort().values[rank]) > 1e-4

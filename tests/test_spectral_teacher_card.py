@@ -68,16 +68,18 @@ def test_card_numbers_are_reproducible_and_the_teacher_beats_the_baseline(card, 
     )
     assert [row["seed"] for row in again["scenes"]] == data["held_out_seeds"]
     for row, fresh in zip(evaluation["scenes"], again["scenes"], strict=True):
-        for who in ("teacher", "baseline"):
+        for who in ("teacher", "baseline", "baseline_linearised"):
             for name in SPECTRAL_METRICS:
                 assert fresh[who][name] == pytest.approx(row[who][name], rel=REL), (row["seed"], who, name)
-    teacher_mean, baseline_mean = again["mean"]["teacher"], again["mean"]["baseline"]
-    # MRAE (the training loss and the NTIRE ranking metric) by a clear margin, RMSE and SAM too; PSNR is
-    # a tie (31.55 vs 31.60 dB when shipped): the affine least-squares map is MSE-optimal among linear maps.
-    assert teacher_mean["mrae"] < 0.9 * baseline_mean["mrae"]
-    assert teacher_mean["rmse"] < baseline_mean["rmse"]
-    assert teacher_mean["sam"] < baseline_mean["sam"]
-    assert teacher_mean["psnr"] > baseline_mean["psnr"] - 0.2
+    teacher_mean = again["mean"]["teacher"]
+    # the network beats the best per-pixel linear maps clearly on every metric (shipped: MRAE 0.053 vs
+    # 0.107 for the map on linearised RGB, PSNR 33.5 vs 28.8 dB), not just on its training loss
+    for who in ("baseline", "baseline_linearised"):
+        baseline_mean = again["mean"][who]
+        assert teacher_mean["mrae"] < 0.6 * baseline_mean["mrae"], who
+        assert teacher_mean["rmse"] < 0.8 * baseline_mean["rmse"], who
+        assert teacher_mean["psnr"] > baseline_mean["psnr"] + 3.0, who
+        assert teacher_mean["sam"] < 0.8 * baseline_mean["sam"], who
 
 
 def test_training_script_end_to_end_on_a_tiny_budget(tmp_path, script):
@@ -99,7 +101,7 @@ def test_training_script_end_to_end_on_a_tiny_budget(tmp_path, script):
     assert card["training"]["steps"] == 2 and len(card["training"]["log"]) == 2
     assert card["data"]["train_seeds"] == [0, 1] and card["data"]["held_out_seeds"] == [script.TEST_SEED]
     assert card["command"] == f"python examples/{SCRIPT} " + " ".join(argv)
-    assert set(card["evaluation"]["mean"]) == {"teacher", "baseline"}
+    assert set(card["evaluation"]["mean"]) == {"teacher", "baseline", "baseline_linearised"}
     model = glmha.load(out)
     assert model.family == "mst_plus_plus"
     again = script.evaluate_teacher(model, test_seeds=[script.TEST_SEED], test_size=24, train_seeds=[0, 1],

@@ -30,7 +30,7 @@ from glmha.convert.export import export_model, sha256_file
 from glmha.convert.layers import GLMHASettings
 from glmha.distill import checkpointing
 from glmha.distill.data import TrainPatches, ValImages, check_patch_size, open_source
-from glmha.distill.evaluate import Evaluator, Scores
+from glmha.distill.evaluate import Evaluator, Scores, default_selection
 from glmha.distill.losses import FeatureTap, distance_fn, feature_loss, feature_points
 from glmha.distill.optim import build_optimizer, build_scheduler, select_trainable
 from glmha.distill.recipe import (
@@ -292,6 +292,10 @@ class Distillation:
         taps = (FeatureTap(teacher, points), FeatureTap(student, points)) if points else None
         spectral = teacher.family in SPECTRAL_FAMILIES
         self.metrics = recipe.eval.metrics or (SPECTRAL_METRICS if spectral else IMAGE_METRICS)
+        self.select = recipe.eval.select or default_selection(teacher.family)
+        if self.select not in self.metrics:
+            raise RecipeError(f"eval.select: {self.select!r} is not among the evaluated metrics "
+                              f"({', '.join(self.metrics)})")
         evaluator = Evaluator(accelerator, val_loader, teacher, multiple=teacher.size_multiple,
                               metrics=self.metrics, spectral=spectral, border=recipe.eval.border)
         self.parts = dict(teacher=teacher, student=student, model=model, optimizer=optimizer,
@@ -418,7 +422,7 @@ class Distillation:
             state.history.append({"step": step, **scores.to_json()})
             accelerator.log(scores.log_values(), step=step)
             best = Scores.from_json(state.best) if state.best else None
-            if best is None or scores.key > best.key:
+            if best is None or scores.selection_key(self.select) > best.selection_key(self.select):
                 state.best, state.best_step = scores.to_json(), step
                 if accelerator.is_main_process:
                     export_model(parts["student"], run_dir / STUDENT_FILE)
@@ -505,9 +509,9 @@ class Distillation:
             rows.append(TableRow(name, cost[0], cost[1], cost[2], size, Scores.from_json(scores),
                                  is_teacher=name == "teacher"))
         rows[1] = dataclasses.replace(rows[1], file_bytes=rows[2].file_bytes)
-        notes = [f"Validation: {rows[0].scores.images} images; best student by "
-                 f"{'PSNR vs GT' if rows[0].scores.values.get('psnr_gt') is not None else 'PSNR vs teacher'}, "
-                 f"exported to {recipe.run_dir / STUDENT_FILE}."]
+        reference = "GT" if rows[0].scores.reference(self.select) == "gt" else "teacher"
+        notes = [f"Validation: {rows[0].scores.images} images; best student by {self.select.upper()} vs "
+                 f"{reference}, exported to {recipe.run_dir / STUDENT_FILE}."]
         markdown = None
         if accelerator.is_main_process:
             markdown = write_table(recipe.run_dir, rows, metrics=self.metrics, input_size=(height, width),

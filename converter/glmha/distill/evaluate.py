@@ -16,6 +16,14 @@ import torch
 
 from glmha.distill.data import crop_to, pad_to_multiple
 
+LOWER_IS_BETTER = frozenset({"mrae", "rmse", "sam"})
+
+
+def default_selection(family: str) -> str:
+    """The metric the official training code keeps its best model by: MRAE for MST++ (NTIRE 2022's
+    ranking metric), PSNR for MST-L and the Restormer family."""
+    return "mrae" if family == "mst_plus_plus" else "psnr"
+
 
 @dataclass(frozen=True)
 class Scores:
@@ -25,13 +33,17 @@ class Scores:
     values: dict[str, float | None]
     images: int
 
-    @property
-    def key(self) -> float:
-        """What selects the best student: PSNR against ground truth, else against the teacher."""
-        value = self.values.get("psnr_gt")
-        if value is None:
-            value = self.values.get("psnr_teacher")
-        return -math.inf if value is None or math.isnan(value) else value
+    def reference(self, metric: str) -> str:
+        """"gt" when `metric` was measured against ground truth, else "teacher"."""
+        return "gt" if self.values.get(f"{metric}_gt") is not None else "teacher"
+
+    def selection_key(self, metric: str) -> float:
+        """`metric` against ground truth (else against the teacher), oriented so that larger is better;
+        -inf when it is missing or NaN, so a broken evaluation never becomes the best student."""
+        value = self.values.get(f"{metric}_{self.reference(metric)}")
+        if value is None or math.isnan(value):
+            return -math.inf
+        return -value if metric in LOWER_IS_BETTER else value
 
     def to_json(self) -> dict[str, float | int | str | None]:
         return {**{k: json_number(v) for k, v in self.values.items()}, "images": self.images}

@@ -292,6 +292,7 @@ class EvalSection(StrictConfig):
     metrics: tuple[str, ...] = ()  # empty: psnr, ssim for images; mrae, rmse, psnr, sam for spectra
     input_size: tuple[int, ...] = (256, 256)
     border: int = 0  # pixels left out on each side when scoring (NTIRE 2022: 128)
+    select: str = ""  # metric that picks the exported student; empty: mrae for MST++, psnr otherwise
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -300,6 +301,12 @@ class EvalSection(StrictConfig):
         if unknown:
             raise RecipeError(f"metrics: expected a list of {', '.join(METRICS)} (empty: the default), "
                               f"got {list(self.metrics)}")
+        if self.select and self.select not in METRICS:
+            raise RecipeError(f"select: expected one of {', '.join(METRICS)} (empty: the default), "
+                              f"got {self.select!r}")
+        if self.select and self.metrics and self.select not in self.metrics:
+            raise RecipeError(f"select: {self.select!r} is not among the evaluated metrics "
+                              f"({', '.join(self.metrics)})")
         _positive("border", self.border, allow_zero=True)
         if len(self.input_size) != 2 or min(self.input_size) < 1:
             raise RecipeError(f"input_size: expected [height, width], got {list(self.input_size)}")

@@ -53,7 +53,7 @@ class SpectralSource:
 
 
 class _SyntheticScenes:
-    """`scenes` synthetic reflectance cubes of size x size (seeds seed, seed+1, ...), rendered to RGB."""
+    """`scenes` synthetic reflectance cubes of size x size (seeds seed, seed+1, ...) and their camera RGB."""
 
     def __init__(self, scenes: int, size: int, bands: int, seed: int, kind: str) -> None:
         from glmha.spectral.synthetic import camera_response, default_wavelengths
@@ -63,12 +63,12 @@ class _SyntheticScenes:
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def read(self, index: int):
-        from glmha.spectral.synthetic import reflectance_cube, render_rgb
+        from glmha.spectral.synthetic import capture_rgb, reflectance_cube
 
         if index not in self._cache:
             generator = seeded_generator(self.seed + index)
             cube = reflectance_cube(self.size, self.size, self.bands, generator)  # (bands, H, W)
-            self._cache[index] = (render_rgb(cube, self.response), cube)
+            self._cache[index] = (capture_rgb(cube, self.response), cube)
         rgb, cube = self._cache[index]
         return (rgb.numpy(), cube.numpy()) if self.kind == "rgb" else cube.numpy()
 

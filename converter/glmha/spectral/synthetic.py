@@ -3,15 +3,21 @@
 Why: the real data sets (ARAD_1K, CAVE, KAIST) are large downloads under their own licences, yet the
 readers, the CASSI forward model and the metrics need inputs that look like reflectance: smooth
 spectra, spatial structure, and bands that are strongly correlated. The model here is linear spectral
-mixing: a few random smooth endmember spectra (sums of Gaussians over wavelength) are blended per pixel
-by smooth random abundance maps (upsampled low-frequency noise, softmax-normalised), then multiplied by
-a smooth shading map. Convex mixing keeps every value inside [0, 1].
+mixing: 3-6 materials are drawn from a fixed library of smooth spectra (sums of Gaussians over
+wavelength, the same library for every scene, as real scenes share materials), blended per pixel by
+smooth random abundance maps (upsampled low-frequency noise, softmax-normalised), then multiplied by a
+smooth shading map. Convex mixing keeps every value inside [0, 1].
+
+The camera (`capture_rgb`) is what makes RGB -> spectrum a learning problem rather than a linear
+regression: a linear projection through smooth RGB sensitivities, then the sRGB tone curve and 8-bit
+quantisation, as a consumer camera writes its JPEGs (NTIRE 2022's RGB inputs are such images).
 
 All randomness comes from the `torch.Generator` passed in, so one seed always gives one cube.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -31,6 +37,9 @@ CASSI_WAVELENGTHS: tuple[float, ...] = (
 
 CAMERA_CENTRES_NM = (600.0, 540.0, 460.0)  # R, G, B
 CAMERA_SIGMA_NM = 40.0
+
+LIBRARY_SIZE = 32  # materials shared by every scene
+LIBRARY_SEED = 20_221_121  # fixed: the library is part of the synthetic world, not of a scene's seed
 
 _ABUNDANCE_GRID = 24  # pixels per low-resolution noise cell: sets the spatial scale of the structure
 _ABUNDANCE_SHARPNESS = 4.0  # softmax temperature: higher gives more distinct material regions
@@ -79,6 +88,21 @@ def _endmember_spectra(wl: torch.Tensor, count: int, generator: torch.Generator)
     return torch.stack(spectra)  # count x (bands,) -> (count, bands)
 
 
+@functools.lru_cache(maxsize=8)
+def _library_for(wavelengths: tuple[float, ...]) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(LIBRARY_SEED)
+    return _endmember_spectra(_wavelength_tensor(wavelengths), LIBRARY_SIZE, generator)
+
+
+def material_library(wavelengths: Sequence[float] | np.ndarray | torch.Tensor) -> torch.Tensor:
+    """The fixed library of `LIBRARY_SIZE` material spectra (LIBRARY_SIZE, bands), float64 in (0, 1).
+
+    Drawn from a generator seeded with LIBRARY_SEED, so every scene (any seed) mixes the same materials.
+    """
+    wl = _wavelength_tensor(wavelengths)
+    return _library_for(tuple(float(w) for w in wl)).clone()
+
+
 def _smooth_field(channels: int, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
     """Low-frequency Gaussian noise (channels, height, width): a coarse grid upsampled bicubically."""
     grid_h = max(2, -(-height // _ABUNDANCE_GRID))
@@ -98,8 +122,8 @@ def reflectance_cube(
 ) -> torch.Tensor:
     """A synthetic reflectance cube (bands, height, width), float32 in [0, 1].
 
-    3-6 random smooth endmember spectra mixed by smooth softmax abundances, times a smooth shading in
-    [0.6, 1]. `wavelengths` (nm) defaults to `default_wavelengths(bands)` and must have `bands` entries.
+    3-6 distinct materials of `material_library` mixed by smooth softmax abundances, times a smooth
+    shading in [0.6, 1]. `wavelengths` (nm) defaults to `default_wavelengths(bands)` and must have `bands` entries.
     """
     if height < 1 or width < 1:
         raise GlmhaError(f"reflectance_cube: height and width must be >= 1, got {height}x{width}")
@@ -107,7 +131,8 @@ def reflectance_cube(
     if wl.numel() != bands:
         raise GlmhaError(f"reflectance_cube: {wl.numel()} wavelengths given for {bands} bands")
     count = int(torch.randint(3, 7, (1,), generator=generator))
-    spectra = _endmember_spectra(wl, count, generator)  # (count, bands)
+    chosen = torch.randperm(LIBRARY_SIZE, generator=generator)[:count]
+    spectra = material_library(wl)[chosen]  # (LIBRARY_SIZE, bands) -> (count, bands)
     abundances = torch.softmax(_ABUNDANCE_SHARPNESS * _smooth_field(count, height, width, generator), dim=0)
     shading = 0.6 + 0.4 * torch.sigmoid(2.0 * _smooth_field(1, height, width, generator))  # (1, height, width)
     # (count, bands) x (count, h, w) -> (bands, h, w), then times the (1, h, w) shading
@@ -139,3 +164,26 @@ def render_rgb(cube: torch.Tensor, response: torch.Tensor) -> torch.Tensor:
         )
     rgb = torch.einsum("cb,...bhw->...chw", response.to(cube.dtype), cube)  # (3, bands) x (..., bands, h, w)
     return rgb.clamp(0.0, 1.0)
+
+
+def encode_srgb(linear: torch.Tensor) -> torch.Tensor:
+    """The sRGB transfer curve (IEC 61966-2-1): linear [0, 1] -> encoded [0, 1]."""
+    linear = linear.clamp(0.0, 1.0)
+    return torch.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear.clamp_min(1e-12) ** (1 / 2.4) - 0.055)
+
+
+def decode_srgb(encoded: torch.Tensor) -> torch.Tensor:
+    """The inverse of `encode_srgb`: encoded [0, 1] -> linear [0, 1]."""
+    encoded = encoded.clamp(0.0, 1.0)
+    return torch.where(encoded <= 0.04045, encoded / 12.92, ((encoded + 0.055) / 1.055) ** 2.4)
+
+
+def capture_rgb(cube: torch.Tensor, response: torch.Tensor, *, bits: int = 8) -> torch.Tensor:
+    """What the synthetic camera writes: `render_rgb`, the sRGB curve, then `bits`-bit quantisation.
+
+    (bands, H, W) or (b, bands, H, W) -> (3, H, W) / (b, 3, H, W), values on the grid k / (2**bits - 1).
+    """
+    if not 1 <= bits <= 16:
+        raise GlmhaError(f"capture_rgb: bits must lie in [1, 16], got {bits}")
+    levels = float(2**bits - 1)
+    return torch.round(encode_srgb(render_rgb(cube, response)) * levels) / levels
