@@ -56,3 +56,46 @@ def test_readme_main_job_runs_on_the_shipped_teacher(tmp_path, monkeypatch, caps
     assert distilled["file_bytes"] == (tmp_path / "run" / "student.safetensors").stat().st_size
     assert distilled["psnr_teacher"] >= converted["psnr_teacher"] and teacher["psnr_gt"] > 25
     assert TABLE_HEADER in out and TABLE_HEADER in (ROOT / "README.md").read_text()  # README shows the real table
+
+
+def _table_rows(markdown: str, header_start: str) -> list[list[str]]:
+    """The body rows of the first Markdown table whose header starts with `header_start`, as cells."""
+    lines = markdown.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    rows = []
+    for line in lines[first + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def _same_cell(shown: str, measured: str) -> bool:
+    """Equal text, or numbers that differ by at most one unit of the last digit README prints."""
+    if shown == measured:
+        return True
+    number = re.compile(r"-?[\d,]+\.?(\d*)")
+    a, b = number.match(shown), number.match(measured)
+    if not (a and b and a.end() == len(shown.split(" ")[0])):
+        return False
+    unit = 10.0 ** -len(a.group(1))
+    return abs(float(a.group(0).replace(",", "")) - float(b.group(0).replace(",", ""))) <= unit * 1.001
+
+
+def test_readme_spectral_table_is_what_the_tiny_recipe_prints(tmp_path, monkeypatch) -> None:
+    """The spectral section's table is the engine's output for recipes/tiny_cpu_spectral.yaml as shipped."""
+    from glmha.distill.cli import main as distill_main
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Spectral models: MST++ and MST-L", 1)[1].split("\n### ", 1)[0]
+    assert "glmha-distill recipes/tiny_cpu_spectral.yaml" in section
+    monkeypatch.chdir(ROOT)
+    assert distill_main(["recipes/tiny_cpu_spectral.yaml", "--set", f"output.dir={tmp_path / 'run'}",
+                         "--no-progress"]) == 0
+    measured = _table_rows((tmp_path / "run" / "report.md").read_text(), "| model |")
+    shown = _table_rows(section, "| model |")
+    assert len(shown) == len(measured) == 3
+    for shown_row, measured_row in zip(shown, measured, strict=True):
+        assert len(shown_row) == len(measured_row)
+        for a, b in zip(shown_row, measured_row, strict=True):
+            assert _same_cell(a, b), (shown_row[0], a, b)
