@@ -12,6 +12,7 @@ from glmha.checkpoint import read_checkpoint
 from glmha.convert.api import analyse, convert_to_glmha
 from glmha.convert.api import convert as convert_model
 from glmha.convert.api import plan as plan_conversion
+from glmha.convert.calibration import calibration_inputs
 from glmha.convert.export import export_model as export
 from glmha.counting import count_macs, count_parameters
 from glmha.errors import GlmhaError
@@ -22,6 +23,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FAMILIES", "CSALayer", "GlmhaError", "RestorationModel", "__version__", "analyse", "build_model",
-    "convert_model", "convert_to_glmha", "count_macs", "count_parameters", "describe", "export", "load",
-    "plan_conversion", "read_checkpoint",
+    "calibration_inputs", "convert_model", "convert_to_glmha", "count_macs", "count_parameters", "describe",
+    "export", "load", "plan_conversion", "read_checkpoint",
 ]

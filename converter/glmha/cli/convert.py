@@ -69,7 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     analysis.add_argument("--spectrum", choices=SPECTRUM_MODES, default="operator",
                           help="data-free spectrum of each channel's full K/V operator (1x1 row and its "
                           "depthwise filter; default) or of the 1x1 rows [W_K | W_V] alone")
-    analysis.add_argument("--calib", metavar="DIR", help="folder of images: spectra from activations")
+    analysis.add_argument("--calib", metavar="DIR", help="spectra from activations on this folder's images "
+                          "(MST: scene .mat files, with --calib-mask)")
+    analysis.add_argument("--calib-mask", metavar="FILE",
+                          help="MST only: the 256x256 CASSI mask.mat the calibration scenes are measured with")
     analysis.add_argument("--calib-limit", type=int, default=16, metavar="N",
                           help="use at most N calibration images (default 16)")
     analysis.add_argument("--plot", metavar="DIR", help="write cumulative-energy PNGs per level to DIR")
@@ -99,6 +102,8 @@ def _run(args: argparse.Namespace) -> int:
     )
     if not math.isfinite(args.alpha):
         raise GlmhaError(f"--alpha must be a finite number, got {args.alpha}")
+    if args.calib_mask and not args.calib:
+        raise GlmhaError("--calib-mask: give the calibration scenes with --calib DIR too")
     glmha_settings = GLMHASettings(alpha=args.alpha)
     output = None if args.dry_run else _output_path(args)
     if args.json:
@@ -150,15 +155,12 @@ def _output_path(args: argparse.Namespace) -> Path:
 
 
 def _calibration_inputs(model: RestorationModel, args: argparse.Namespace):
-    from glmha.data.image_folder import read_calibration_images
+    from glmha.convert.calibration import calibration_inputs
 
-    if model.family == "mst":
-        raise GlmhaError("--calib: MST takes CASSI measurements and masks, not images; use the data-free "
-                         "analysis (no --calib)")
-    multiple = 8 if model.family == "restormer" else 1
-    images = read_calibration_images(Path(args.calib), model.input_channels, multiple=multiple,
-                                     limit=args.calib_limit)
-    return ((image,) for image in images)
+    try:
+        return calibration_inputs(model, args.calib, mask=args.calib_mask, limit=args.calib_limit)
+    except GlmhaError as error:
+        raise GlmhaError(f"--calib: {error}") from None
 
 
 def merge_plan(report: dict, plan: ConversionPlan) -> dict:

@@ -24,6 +24,14 @@ def _natural_key(path: Path) -> list[object]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
 
 
+def minmax_normalise(rgb: np.ndarray, *, what: str) -> np.ndarray:
+    """(x - min) / (max - min) with one min and max over every pixel and channel: MST++'s RGB input."""
+    low, high = float(rgb.min()), float(rgb.max())
+    if high == low:
+        raise GlmhaError(f"{what}: image is constant ({low}); min-max normalisation is undefined")
+    return (rgb - low) / (high - low)
+
+
 class Ntire2022Split:
     """One NTIRE 2022 split (`train` or `valid`): RGB (3, H, W) and cube (bands, H, W), float32.
 
@@ -97,10 +105,7 @@ class Ntire2022Split:
                 rgb = np.asarray(image.convert("RGB"), dtype=np.float32)  # (H, W, 3)
         except (OSError, UnidentifiedImageError) as exc:
             raise GlmhaError(f"{path}: not a readable image ({exc})") from exc
-        low, high = float(rgb.min()), float(rgb.max())
-        if high == low:
-            raise GlmhaError(f"{path}: image is constant ({low}); min-max normalisation is undefined")
-        rgb = (rgb - low) / (high - low)
+        rgb = minmax_normalise(rgb, what=str(path))
         return np.ascontiguousarray(rgb.transpose(2, 0, 1))  # (H, W, 3) -> (3, H, W)
 
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
