@@ -20,6 +20,7 @@ from glmha.errors import GlmhaError
 from glmha.spectral.cassi import mst_inputs
 
 from conftest import randomise
+from spectral_files import write_mask, write_scenes
 
 BANDS = 28
 
@@ -33,13 +34,10 @@ def _images(folder: Path) -> Path:
 
 
 def _scenes(folder: Path, cubes: dict[str, np.ndarray], key: str = "img") -> Path:
-    """Scene files as KAIST stores them (H, W, C) plus a binary 256x256 mask.mat; returns the mask path."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, cube in cubes.items():
-        scipy.io.savemat(folder / f"{name}.mat", {key: cube.transpose(1, 2, 0)})  # (C, H, W) -> (H, W, C)
+    """Scene files as KAIST stores them plus a binary 256x256 mask.mat beside the folder; returns its path."""
+    write_scenes(folder, cubes, key)
     mask = (np.random.default_rng(1).random((256, 256)) > 0.5).astype(np.float32)
-    scipy.io.savemat(folder.parent / "mask.mat", {"mask": mask})
-    return folder.parent / "mask.mat"
+    return write_mask(folder.parent / "mask.mat", mask)
 
 
 def _mst() -> MST:

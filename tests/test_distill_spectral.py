@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 import re
 
+import h5py
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from glmha.archs import MST, MSTPlusPlus
 from glmha.distill import RecipeError, distill, parse_recipe
@@ -141,3 +144,80 @@ def test_selection_key_orientation_and_fallbacks():
     assert Scores({}, images=1).selection_key("psnr") == float("-inf")
     assert (default_selection("mst_plus_plus"), default_selection("mst"), default_selection("restormer")) == (
         "mrae", "psnr", "psnr")
+
+
+def test_mst_plus_plus_distils_from_ntire2022_files(tmp_path):
+    """ARAD_1K layout on disk -> recipe -> engine: the teacher is scored on the min-max RGB of the file."""
+    from glmha.spectral.metrics import spectral_scores
+    from glmha.spectral.synthetic import camera_response, capture_rgb, reflectance_cube
+
+    from spectral_files import write_arad_cube, write_rgb, write_split
+
+    root = tmp_path / "ARAD_1K"
+    response = camera_response(tuple(float(w) for w in range(400, 701, 10)))
+    ids = [f"ARAD_1K_{i:04d}" for i in range(1, 5)]
+    for i, name in enumerate(ids):
+        cube = reflectance_cube(24, 32, 31, torch.Generator().manual_seed(i))  # (31, 24, 32)
+        rgb = (capture_rgb(cube, response) * 255).round().permute(1, 2, 0).numpy()  # (3, h, w) -> (h, w, 3)
+        write_arad_cube(root / "Train_Spec" / f"{name}.mat", cube.double().numpy())
+        write_rgb(root / "Train_RGB" / f"{name}.jpg", rgb)
+    write_split(root, "train", ids[:3])
+    write_split(root, "valid", ids[3:])
+    model = randomise(MSTPlusPlus(in_channels=3, out_channels=31, n_feat=31, stage=1, stage_blocks=(1, 1, 1)), 0)
+    teacher = save(model, tmp_path / "mstpp.pth", "state_dict")
+    data = {"train": {"format": "ntire2022", "root": str(root), "split": "train"},
+            "val": {"format": "ntire2022", "root": str(root), "split": "valid"},
+            "patch_size": 16, "batch_size": 2, "val_crop": None}
+    result = distill(tiny_recipe(tmp_path, teacher=teacher, data=data, train={"steps": 2},
+                                 eval={"every": 2, "metrics": []}), progress=False)
+    assert result.finished
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    teacher_row = report["rows"][0]
+    # recompute the teacher's scores from the files by hand: one global min-max over the RGB, raw cube
+    rgb = torch.from_numpy(np.asarray(Image.open(root / "Train_RGB" / f"{ids[3]}.jpg").convert("RGB"),
+                                      dtype=np.float32)).permute(2, 0, 1)  # (h, w, 3) -> (3, h, w)
+    rgb = (rgb - rgb.min()) / (rgb.max() - rgb.min())
+    with h5py.File(root / "Train_Spec" / f"{ids[3]}.mat") as handle:
+        cube = torch.from_numpy(np.asarray(handle["cube"], dtype=np.float32)).transpose(1, 2)  # (C, W, H)
+    with torch.no_grad():
+        expected = spectral_scores(model(rgb[None]), cube[None])
+    for name in ("mrae", "rmse", "psnr", "sam"):
+        assert teacher_row[f"{name}_gt"] == pytest.approx(float(expected[name][0]), rel=1e-5), name
+
+
+def test_mst_l_distils_from_cave_and_kaist_files(tmp_path):
+    """CAVE-style training scenes (img_expand, x65536) and KAIST-style truth (img) on disk -> engine."""
+    from glmha.spectral.cassi import mst_inputs
+    from glmha.spectral.metrics import spectral_scores
+    from glmha.spectral.synthetic import reflectance_cube
+
+    from spectral_files import write_mask, write_scenes
+
+    bands = 28
+    train = {f"scene{i}": (reflectance_cube(260, 272, bands, torch.Generator().manual_seed(i)).double().numpy()
+                           * 65536).round() for i in (1, 2)}
+    truth = reflectance_cube(256, 256, bands, torch.Generator().manual_seed(7))
+    write_scenes(tmp_path / "cave", train, key="img_expand")
+    write_scenes(tmp_path / "kaist", {"scene01": truth.numpy()}, key="img")
+    mask2d = torch.from_numpy((np.random.default_rng(0).random((256, 256)) > 0.5).astype(np.float32))
+    mask_path = write_mask(tmp_path / "mask.mat", mask2d.numpy())
+    model = randomise(MST(dim=bands, stage=1, num_blocks=(1, 1), bands=bands), 0)
+    teacher = save(model, tmp_path / "mst.pth", None)
+    data = {"train": {"format": "sci", "root": str(tmp_path / "cave"), "mask": str(mask_path)},
+            "val": {"format": "sci", "root": str(tmp_path / "kaist"), "mask": str(mask_path)},
+            "patch_size": 256, "batch_size": 1, "val_crop": None}
+    recipe = tiny_recipe(tmp_path, teacher=teacher, data=data, train={"steps": 2},
+                         eval={"every": 2, "metrics": []})
+    # training targets are the stored values / 65536, cropped to 256x256
+    source = open_spectral_source(recipe.data.train, where="data.train", bands=bands, training=True)
+    sample = SpectralPatches(source, patch_size=256, length=2, seed=0, flips=False)[0]
+    stored = torch.from_numpy(np.stack([train["scene1"], train["scene2"]]).astype(np.float32) / 65536)
+    windows = stored.unfold(2, 256, 1).unfold(3, 256, 1)  # (2, C, 260, 272) -> (2, C, 5, 17, 256, 256)
+    assert any(torch.equal(sample["target"], windows[s, :, i, j]) for s in range(2) for i in range(5)
+               for j in range(17))
+    assert distill(recipe, progress=False).finished
+    teacher_row = json.loads((tmp_path / "run" / "report.json").read_text())["rows"][0]
+    with torch.no_grad():
+        expected = spectral_scores(model(*mst_inputs(truth[None], mask2d)), truth[None])
+    for name in ("mrae", "rmse", "psnr", "sam"):
+        assert teacher_row[f"{name}_gt"] == pytest.approx(float(expected[name][0]), rel=1e-5), name

@@ -13,6 +13,8 @@ from PIL import Image
 from glmha.errors import GlmhaError
 from glmha.spectral.readers import Ntire2022Split, SciScenes
 
+from spectral_files import write_arad_cube, write_mask, write_rgb, write_scenes, write_split
+
 
 def encoded_cube(bands: int, height: int, width: int) -> np.ndarray:
     """CHW cube whose value tells (band, row, col): 10000*band + 100*row + col."""
@@ -20,23 +22,8 @@ def encoded_cube(bands: int, height: int, width: int) -> np.ndarray:
     return (10000 * c + 100 * h + w).astype(np.float64)
 
 
-def write_arad_cube(path: Path, cube_chw: np.ndarray, key: str = "cube") -> None:
-    """MATLAB stores H x W x C; h5py sees the axes reversed, (C, W, H)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "w") as handle:
-        handle[key] = cube_chw.transpose(0, 2, 1)  # (C, H, W) -> (C, W, H)
-
-
-def write_rgb(path: Path, rgb_hwc: np.ndarray) -> None:
-    """PNG bytes under a .jpg name: lossless, and Pillow detects the format from the content."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rgb_hwc.astype(np.uint8), "RGB").save(path, format="PNG")
-
-
 def make_ntire(root: Path, ids: list[str], list_text: str | None = None, size: tuple[int, int] = (6, 5)) -> None:
-    (root / "split_txt").mkdir(parents=True, exist_ok=True)
-    text = list_text if list_text is not None else "".join(f"{name}\n" for name in ids)
-    (root / "split_txt" / "train_list.txt").write_bytes(text.encode())
+    write_split(root, "train", ids, list_text)
     height, width = size
     for k, name in enumerate(ids):
         write_arad_cube(root / "Train_Spec" / f"{name}.mat", encoded_cube(31, height, width) + k)
@@ -113,12 +100,8 @@ def test_ntire_errors(tmp_path: Path) -> None:
 
 
 def make_sci(root: Path, scenes: dict[str, np.ndarray], key: str = "img", mask: np.ndarray | None = None) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    for name, cube_chw in scenes.items():
-        scipy.io.savemat(root / f"{name}.mat", {key: cube_chw.transpose(1, 2, 0)})  # (C, H, W) -> (H, W, C)
-    mask_path = root.parent / "mask.mat"
-    scipy.io.savemat(mask_path, {"mask": mask if mask is not None else np.eye(256, dtype=np.float32)})
-    return mask_path
+    write_scenes(root, scenes, key)
+    return write_mask(root.parent / "mask.mat", mask if mask is not None else np.eye(256, dtype=np.float32))
 
 
 def test_sci_training_scaling_order_and_axes(tmp_path: Path) -> None:
