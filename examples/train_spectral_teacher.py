@@ -33,8 +33,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import json
-import math
-import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -45,8 +43,8 @@ import torch
 from glmha.archs import MSTPlusPlus
 from glmha.data import seeded_generator
 from glmha.errors import GlmhaError
-from glmha.io_utils import atomic_write, atomic_write_text, check_writable_target
-from glmha.runtime import environment, make_deterministic
+from glmha.io_utils import atomic_write_text, check_writable_target
+from glmha.runtime import make_deterministic
 from glmha.spectral.metrics import SPECTRAL_METRICS, spectral_scores
 from glmha.spectral.synthetic import (
     CAMERA_CENTRES_NM,
@@ -59,6 +57,7 @@ from glmha.spectral.synthetic import (
     decode_srgb,
     reflectance_cube,
 )
+from glmha.teacher_training import LossLog, cosine_lr, random_dihedral_crop, run_record, save_teacher
 
 TEACHER_CONFIG: dict[str, Any] = dict(in_channels=3, out_channels=31, n_feat=31, stage=1, stage_blocks=(1, 1, 1))
 BANDS = len(NTIRE_WAVELENGTHS)
@@ -92,23 +91,12 @@ class PatchSampler:
         self.patch = patch
         self.generator = generator
 
-    def _randint(self, high: int) -> int:
-        return int(torch.randint(high, (1,), generator=self.generator))
-
     def sample(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """RGB (batch, 3, patch, patch) and cube (batch, 31, patch, patch)."""
-        count, _, height, width = self.pairs.shape
         crops = []
         for _ in range(batch):
-            scene = self._randint(count)
-            top = self._randint(height - self.patch + 1)
-            left = self._randint(width - self.patch + 1)
-            crop = self.pairs[scene, :, top:top + self.patch, left:left + self.patch]
-            transform = self._randint(8)
-            crop = torch.rot90(crop, transform % 4, dims=(1, 2))
-            if transform >= 4:
-                crop = torch.flip(crop, dims=(2,))
-            crops.append(crop)
+            scene = int(torch.randint(len(self.pairs), (1,), generator=self.generator))
+            crops.append(random_dihedral_crop(self.pairs[scene], self.patch, self.generator))
         stacked = torch.stack(crops).contiguous()  # batch x (34, p, p) -> (batch, 34, p, p)
         return stacked[:, :3], stacked[:, 3:]
 
@@ -174,12 +162,6 @@ def evaluate_teacher(
 # -- training ---------------------------------------------------------------------------------------
 
 
-def learning_rate(step: int, total: int, peak: float, floor: float) -> float:
-    """Cosine from `peak` at step 0 to `floor` at the last step (CosineAnnealingLR, T_max = total - 1)."""
-    progress = step / max(1, total - 1)
-    return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * progress))
-
-
 def mrae_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The official MST++ loss: mean(|P - G| / G), no epsilon (synthetic cubes are strictly positive)."""
     return ((pred - target).abs() / target).mean()
@@ -192,9 +174,9 @@ def train(
     sampler = PatchSampler(rgb, cube, args.patch, seeded_generator(args.seed + 1))
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999))
     model.train()
-    log, running, started = [], 0.0, time.perf_counter()
+    log = LossLog(args.steps, args.log_every, label="MRAE")
     for step in range(args.steps):
-        lr = learning_rate(step, args.steps, args.lr, args.lr_min)
+        lr = cosine_lr(step, args.steps, args.lr, args.lr_min)
         for group in optimizer.param_groups:
             group["lr"] = lr
         inputs, targets = sampler.sample(args.batch)
@@ -202,16 +184,9 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        running += float(loss.detach())
-        if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
-            count = (step % args.log_every) + 1
-            elapsed = time.perf_counter() - started
-            log.append({"step": step + 1, "loss": running / count, "lr": lr, "elapsed_s": round(elapsed, 1)})
-            print(f"step {step + 1:6d}/{args.steps}  MRAE {running / count:.5f}  lr {lr:.2e}  {elapsed:7.1f} s",
-                  flush=True)
-            running = 0.0
+        log.add(step, float(loss.detach()), lr)
     model.eval()
-    return {"log": log}
+    return {"log": log.entries}
 
 
 # -- command line -----------------------------------------------------------------------------------
@@ -269,13 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   train_size=args.size)
     wall_seconds = time.perf_counter() - started
 
-    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(out, lambda tmp: torch.save({"state_dict": state}, tmp))
     card = {
-        "architecture": "mst_plus_plus",
-        "hyperparameters": model.config.to_dict(),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "checkpoint": {"file": out.name, "container": "{'state_dict': state_dict}", "bytes": out.stat().st_size},
+        **save_teacher(model, out, family="mst_plus_plus", container_key="state_dict"),
         "task": {"name": "spectral reconstruction from RGB", "input": "RGB in [0, 1], not normalised further",
                  "output": f"{BANDS}-band reflectance, NTIRE 2022 band centres"},
         "data": {
@@ -309,10 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "deterministic_algorithms": deterministic,
             "log": history["log"],
         },
-        "environment": environment(),
-        "command": "python examples/train_spectral_teacher.py " + shlex.join(argv),
-        "train_seconds": round(train_seconds, 1),
-        "wall_seconds": round(wall_seconds, 1),
+        **run_record("train_spectral_teacher.py", argv, train_seconds, wall_seconds),
         "evaluation": {
             "protocol": "whole held-out scenes (no border crop), batch 1, the model pads internally; MRAE and "
                         "RMSE on the raw output, PSNR with both tensors clamped to [0, 1], SAM in degrees; "

@@ -25,8 +25,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import json
-import math
-import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -46,9 +44,10 @@ from glmha.data import (
 )
 from glmha.distill.data import crop_to, pad_to_multiple
 from glmha.errors import GlmhaError
-from glmha.io_utils import atomic_write, atomic_write_text, check_writable_target
+from glmha.io_utils import atomic_write_text, check_writable_target
 from glmha.metrics import psnr_per_image, ssim_per_image
-from glmha.runtime import environment, make_deterministic
+from glmha.runtime import make_deterministic
+from glmha.teacher_training import LossLog, cosine_lr, random_dihedral_crop, run_record, save_teacher
 
 TEACHER_CONFIG: dict[str, Any] = dict(
     inp_channels=3, out_channels=3, dim=16, num_blocks=(2, 2, 2, 2), num_refinement_blocks=2,
@@ -84,24 +83,10 @@ class PatchSampler:
         self.patch = patch
         self.generator = generator
 
-    def _randint(self, high: int) -> int:
-        return int(torch.randint(high, (1,), generator=self.generator))
-
     def sample(self, batch: int) -> torch.Tensor:
         """A clean batch (batch, 3, patch, patch)."""
         picks = torch.multinomial(self.weights, batch, replacement=True, generator=self.generator)
-        patches = []
-        for index in picks.tolist():
-            image = self.images[index]
-            height, width = image.shape[-2:]
-            top = self._randint(height - self.patch + 1)
-            left = self._randint(width - self.patch + 1)
-            crop = image[:, top:top + self.patch, left:left + self.patch]
-            transform = self._randint(8)
-            crop = torch.rot90(crop, transform % 4, dims=(1, 2))
-            if transform >= 4:
-                crop = torch.flip(crop, dims=(2,))
-            patches.append(crop)
+        patches = [random_dihedral_crop(self.images[i], self.patch, self.generator) for i in picks.tolist()]
         return torch.stack(patches)  # batch x (3, p, p) -> (batch, 3, p, p)
 
 
@@ -150,14 +135,6 @@ def evaluate_teacher(
 # -- training ---------------------------------------------------------------------------------------
 
 
-def learning_rate(step: int, total: int, peak: float, warmup: int, floor: float) -> float:
-    """Linear warm-up for `warmup` steps, then cosine decay from `peak` to `floor` at the last step."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup - 1)
-    return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
 def charbonnier(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
     return torch.sqrt((pred - target) ** 2 + eps**2).mean()
 
@@ -170,9 +147,9 @@ def train(model: torch.nn.Module, args: argparse.Namespace) -> dict[str, Any]:
                                   weight_decay=args.weight_decay)
     loss_fn = charbonnier if args.loss == "charbonnier" else F.l1_loss
     model.train()
-    log, running, started = [], 0.0, time.perf_counter()
+    log = LossLog(args.steps, args.log_every)
     for step in range(args.steps):
-        lr = learning_rate(step, args.steps, args.lr, args.warmup, args.lr_min)
+        lr = cosine_lr(step, args.steps, args.lr, args.lr_min, warmup=args.warmup)
         for group in optimizer.param_groups:
             group["lr"] = lr
         clean = sampler.sample(args.batch)
@@ -183,16 +160,9 @@ def train(model: torch.nn.Module, args: argparse.Namespace) -> dict[str, Any]:
         if args.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
         optimizer.step()
-        running += float(loss.detach())
-        if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
-            count = (step % args.log_every) + 1
-            elapsed = time.perf_counter() - started
-            log.append({"step": step + 1, "loss": running / count, "lr": lr, "elapsed_s": round(elapsed, 1)})
-            print(f"step {step + 1:6d}/{args.steps}  loss {running / count:.5f}  lr {lr:.2e}  "
-                  f"{elapsed:7.1f} s", flush=True)
-            running = 0.0
+        log.add(step, float(loss.detach()), lr)
     model.eval()
-    return {"log": log}
+    return {"log": log.entries}
 
 
 # -- command line -----------------------------------------------------------------------------------
@@ -246,13 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     evaluation = evaluate_teacher(model, TEST_IMAGES, args.sigma, args.eval_seed)
     wall_seconds = time.perf_counter() - started
 
-    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(out, lambda tmp: torch.save({"params": state}, tmp))
     card = {
-        "architecture": "restormer",
-        "hyperparameters": model.config.to_dict(),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "checkpoint": {"file": out.name, "container": "{'params': state_dict}", "bytes": out.stat().st_size},
+        **save_teacher(model, out, family="restormer", container_key="params"),
         "task": {"name": "gaussian colour denoising", "sigma": args.sigma, "sigma_scale": "0-255",
                  "noise": "i.i.d. Gaussian, std sigma/255 on [0, 1] RGB, noisy input not clipped"},
         "data": {
@@ -280,10 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "deterministic_algorithms": deterministic,
             "log": history["log"],
         },
-        "environment": environment(),
-        "command": "python examples/train_teacher.py " + shlex.join(argv),
-        "train_seconds": round(train_seconds, 1),
-        "wall_seconds": round(wall_seconds, 1),
+        **run_record("train_teacher.py", argv, train_seconds, wall_seconds),
         "evaluation": {
             "protocol": "whole held-out images, reflect-padded to a multiple of 8 and cropped back; image i "
                         "gets noise seed eval_seed + i; teacher output clamped to [0, 1]; PSNR/SSIM on RGB "

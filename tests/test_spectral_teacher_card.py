@@ -12,7 +12,7 @@ import glmha
 from glmha.spectral.metrics import SPECTRAL_METRICS
 from glmha.spectral.synthetic import NTIRE_WAVELENGTHS
 
-from conftest import load_example
+from teacher_cards import card_fixtures, check_card_describes, check_official_container, run_training_script
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "checkpoints" / "mst_plus_plus_synthetic.pth"
@@ -21,35 +21,15 @@ SCRIPT = "train_spectral_teacher.py"
 REL = 1e-4
 
 
-@pytest.fixture(scope="module")
-def script():
-    return load_example("train_spectral_teacher")
-
-
-@pytest.fixture(scope="module")
-def card() -> dict:
-    return json.loads(CARD.read_text(encoding="utf-8"))
-
-
-@pytest.fixture(scope="module")
-def teacher():
-    return glmha.load(CHECKPOINT)
+script, card, teacher = card_fixtures("train_spectral_teacher", CARD, CHECKPOINT)
 
 
 def test_checkpoint_is_small_and_in_the_official_container():
-    assert CHECKPOINT.stat().st_size < 5 * 2**20
-    raw = torch.load(CHECKPOINT, map_location="cpu", weights_only=True)
-    assert list(raw) == ["state_dict"]
+    check_official_container(CHECKPOINT, "state_dict", max_mib=5)
 
 
 def test_card_describes_the_model(card, teacher, script):
-    assert card["architecture"] == "mst_plus_plus" == teacher.family
-    assert card["hyperparameters"] == teacher.config.to_dict()
-    assert teacher.config == type(teacher.config).from_dict(card["hyperparameters"])
-    assert teacher.config.to_dict() == {k: list(v) if isinstance(v, tuple) else v
-                                        for k, v in script.TEACHER_CONFIG.items()}
-    assert card["parameters"] == sum(p.numel() for p in teacher.parameters())
-    assert card["checkpoint"]["bytes"] == CHECKPOINT.stat().st_size
+    check_card_describes(card, teacher, script, CHECKPOINT, "mst_plus_plus")
     assert card["data"]["wavelengths_nm"] == list(NTIRE_WAVELENGTHS)
     assert card["data"]["train_seeds"] == list(range(len(card["data"]["train_seeds"])))
     assert not set(card["data"]["train_seeds"]) & set(card["data"]["held_out_seeds"])
@@ -87,12 +67,7 @@ def test_training_script_end_to_end_on_a_tiny_budget(tmp_path, script):
     out = tmp_path / "tiny.pth"
     argv = ["--out", str(out), "--steps", "2", "--train-scenes", "2", "--test-scenes", "1", "--size", "24",
             "--patch", "16", "--batch", "2", "--log-every", "1"]
-    threads = torch.get_num_threads()
-    try:
-        assert script.main(argv) == 0
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(False)
+    assert run_training_script(script, argv) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.json", "tiny.pth"]  # no temporary left
     card = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
     for key in ("architecture", "hyperparameters", "parameters", "checkpoint", "data", "training",

@@ -11,7 +11,7 @@ import torch
 import glmha
 from glmha.data import TEST_IMAGES, TRAIN_IMAGES
 
-from conftest import load_example
+from teacher_cards import card_fixtures, check_card_describes, check_official_container, run_training_script
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "checkpoints" / "restormer_denoise_s25.pth"
@@ -19,35 +19,15 @@ CARD = ROOT / "checkpoints" / "restormer_denoise_s25.json"
 MIN_GAIN_DB = 8.0
 
 
-@pytest.fixture(scope="module")
-def script():
-    return load_example("train_teacher")
-
-
-@pytest.fixture(scope="module")
-def card() -> dict:
-    return json.loads(CARD.read_text(encoding="utf-8"))
-
-
-@pytest.fixture(scope="module")
-def teacher():
-    return glmha.load(CHECKPOINT)
+script, card, teacher = card_fixtures("train_teacher", CARD, CHECKPOINT)
 
 
 def test_checkpoint_is_small_and_in_the_official_container():
-    assert CHECKPOINT.stat().st_size < 10 * 2**20
-    raw = torch.load(CHECKPOINT, map_location="cpu", weights_only=True)
-    assert list(raw) == ["params"]
+    check_official_container(CHECKPOINT, "params", max_mib=10)
 
 
 def test_card_describes_the_model(card, teacher, script):
-    assert card["architecture"] == "restormer" == teacher.family
-    assert card["hyperparameters"] == teacher.config.to_dict()
-    assert teacher.config == type(teacher.config).from_dict(card["hyperparameters"])
-    assert teacher.config.to_dict() == {k: list(v) if isinstance(v, tuple) else v
-                                        for k, v in script.TEACHER_CONFIG.items()}
-    assert card["parameters"] == sum(p.numel() for p in teacher.parameters())
-    assert card["checkpoint"]["bytes"] == CHECKPOINT.stat().st_size
+    check_card_describes(card, teacher, script, CHECKPOINT, "restormer")
     assert card["task"]["sigma"] == 25
     assert card["data"]["train_images"] == list(TRAIN_IMAGES)
     assert card["data"]["held_out_images"] == list(TEST_IMAGES)
@@ -80,12 +60,7 @@ def test_training_script_end_to_end_on_a_tiny_budget(tmp_path, script, monkeypat
     monkeypatch.setattr(script, "TEST_IMAGES", ("text",))  # the smallest image: 172x448
     out = tmp_path / "tiny.pth"
     argv = ["--out", str(out), "--steps", "2", "--patch", "16", "--batch", "2", "--log-every", "1"]
-    threads = torch.get_num_threads()
-    try:
-        assert script.main(argv) == 0
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(False)
+    assert run_training_script(script, argv) == 0
     card = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.json", "tiny.pth"]  # no temporary left
     assert card["training"]["steps"] == 2 and len(card["training"]["log"]) == 2
