@@ -32,37 +32,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 import glmha
 import glmha.distill
 from glmha.cli.convert import format_plan
-from glmha.data.held_out import Pair
-from glmha.data.held_out import held_out_pairs as glmha_held_out_pairs
+from glmha.data.held_out import NOISE_SEED, SIGMA, held_out_pairs, held_out_psnr
 from glmha.errors import GlmhaError
 from glmha.io_utils import atomic_write_text
-from glmha.metrics import psnr
 from glmha.report import giga
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = ROOT / "checkpoints" / "restormer_denoise_s25.pth"
-SIGMA = 25.0  # the teacher's task: sigma on the 0-255 scale
-NOISE_SEED = 2024  # held-out image i gets noise seed NOISE_SEED + i, as in the teacher's card
 NOISE = {"type": "gaussian_noise", "sigma": SIGMA}
-
-def held_out_pairs(crop: int) -> list[Pair]:
-    """Centre crops of the held-out photos and their sigma-25 noisy versions, the same for every model."""
-    return glmha_held_out_pairs(crop, sigma=SIGMA, seed=NOISE_SEED)
-
-
-@torch.no_grad()
-def measure(model: torch.nn.Module | None, pairs: list[Pair]) -> list[float]:
-    """PSNR (dB) per image of the model's output clamped to [0, 1]; None scores the noisy input."""
-    scores = []
-    for _, clean, noisy in pairs:
-        output = noisy if model is None else model(noisy).clamp(0.0, 1.0)
-        scores.append(psnr(output, clean))
-    return scores
 
 
 def distill_recipe(teacher: Path, student: Path, steps: int, run_dir: Path) -> dict[str, Any]:
@@ -176,8 +156,8 @@ def _run(args: argparse.Namespace) -> int:
                                                           for name, clean, _ in pairs))
 
     # 8. Quality right after conversion (glmha.metrics: RGB, no border crop, outputs clamped).
-    scores = {"noisy": measure(None, pairs), "teacher": measure(teacher, pairs),
-              "converted": measure(student, pairs)}
+    scores = {"noisy": held_out_psnr(None, pairs), "teacher": held_out_psnr(teacher, pairs),
+              "converted": held_out_psnr(student, pairs)}
     print("8.  mean PSNR: " + ", ".join(f"{key} {sum(v) / len(v):.2f} dB" for key, v in scores.items()))
 
     # 9. Export: slim safetensors whose metadata is enough to rebuild the model (glmha.load reads it).
@@ -199,7 +179,7 @@ def _run(args: argparse.Namespace) -> int:
     distilled_path = result.run_dir / "student.safetensors"
     distilled = glmha.load(distilled_path)
     distilled_report = glmha.describe(distilled, 256, 256)
-    scores["distilled"] = measure(distilled, pairs)
+    scores["distilled"] = held_out_psnr(distilled, pairs)
     print(f"12. reloaded {distilled_path} (best step {result.best_step}): "
           f"mean PSNR {sum(scores['distilled']) / len(pairs):.2f} dB")
 

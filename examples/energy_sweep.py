@@ -32,40 +32,24 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 import glmha
 import glmha.distill
 from glmha.convert.plot import plot_spectra
-from glmha.data.held_out import Pair
-from glmha.data.held_out import held_out_pairs as glmha_held_out_pairs
+from glmha.data.held_out import NOISE_SEED, SIGMA, Pair, held_out_pairs, held_out_psnr
 from glmha.errors import GlmhaError
 from glmha.io_utils import atomic_write, atomic_write_text
-from glmha.metrics import psnr
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = ROOT / "checkpoints" / "restormer_denoise_s25.pth"
 ENERGIES = (0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
-SIGMA = 25.0  # the teacher's task: sigma on the 0-255 scale
-NOISE_SEED = 2024  # held-out image i gets noise seed NOISE_SEED + i, as in the teacher's card
 NOISE = {"type": "gaussian_noise", "sigma": SIGMA}
 COUNT_SIZE = (256, 256)  # input size of the MAC counts
-
-def held_out_pairs(crop: int) -> list[Pair]:
-    """Centre crops of the held-out photos and their sigma-25 noisy versions, the same for every model."""
-    return glmha_held_out_pairs(crop, sigma=SIGMA, seed=NOISE_SEED)
-
-
-@torch.no_grad()
-def measure(model: torch.nn.Module, pairs: list[Pair]) -> list[float]:
-    """PSNR (dB) per image of the model's output clamped to [0, 1] against the clean crop."""
-    return [psnr(model(noisy).clamp(0.0, 1.0), clean) for _, clean, noisy in pairs]
 
 
 def point(model: glmha.RestorationModel, pairs: list[Pair]) -> dict[str, Any]:
     """Cost (at COUNT_SIZE) and quality of one model."""
     report = glmha.describe(model, *COUNT_SIZE)
-    scores = measure(model, pairs)
+    scores = held_out_psnr(model, pairs)
     return {"params": report.params, "macs_linear": report.macs_linear, "macs_total": report.macs_total,
             "psnr": scores, "psnr_mean": sum(scores) / len(scores)}
 

@@ -196,3 +196,24 @@ def test_ssim_matches_scikit_image():
         for p, t in zip(pred, target, strict=True)
     ])
     assert ssim(pred, target) == pytest.approx(float(expected), abs=1e-10)
+
+
+def test_held_out_pairs_and_their_psnr():
+    """Centre crops of the held-out photos with fixed noise; the scores every example reports."""
+    from glmha.data.held_out import NOISE_SEED, SIGMA, held_out_pairs, held_out_psnr
+
+    pairs = held_out_pairs(64)
+    assert [name for name, _, _ in pairs] == list(TEST_IMAGES)
+    for index, (name, clean, noisy) in enumerate(pairs):
+        image = load_sample(name)
+        top, left = (image.shape[1] - 64) // 2, (image.shape[2] - 64) // 2
+        assert torch.equal(clean[0], image[:, top:top + 64, left:left + 64])
+        assert torch.equal(noisy, add_gaussian_noise(clean, SIGMA, seeded_generator(NOISE_SEED + index)))
+    assert held_out_psnr(None, pairs) == [psnr(noisy, clean) for _, clean, noisy in pairs]
+
+    def overshoot(x: torch.Tensor) -> torch.Tensor:
+        return x * 2.0  # outputs above 1 must be clamped before scoring
+
+    expected = [psnr((noisy * 2.0).clamp(0.0, 1.0), clean) for _, clean, noisy in pairs]
+    assert held_out_psnr(overshoot, pairs) == expected
+    assert held_out_psnr(None, held_out_pairs(64)) == held_out_psnr(None, pairs)  # fixed by the seed
