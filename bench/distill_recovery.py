@@ -13,7 +13,12 @@ training) and a summary with the student's cost. For denoising the default lr 5e
 than 2e-4 at both energies, and 200 steps reach the plateau (bench/RESULTS.md).
 
     OMP_WAIT_POLICY=PASSIVE python bench/distill_recovery.py [--task denoise|spectral]
-        [--energies 0.9 0.8] [--steps 200] [--lr 5e-4] [--gt 0] [--out DIR] [--json FILE]
+        [--energies 0.9 0.8] [--plan target_macs=0.88 --plan ratio=0.5,init=merge ...]
+        [--steps 200] [--lr 5e-4] [--gt 0] [--trainable glmha|all] [--out DIR] [--json FILE]
+
+`--plan` (repeatable) gives any student section as comma-separated recipe keys, e.g. `target_macs=0.88`
+(a budget plan, calibrated on the recipe's own training inputs), `ratio=0.5`, or
+`target_macs=0.88,calibration=full`; with --plan the --energies are not run unless given too.
 
 Runs always start over (`restart`), so an --out folder from an earlier benchmark is overwritten.
 """
@@ -48,17 +53,31 @@ TASKS: dict[str, dict[str, Any]] = {
 }
 
 
-def recipe_dict(args: argparse.Namespace, energy: float, run_dir: Path) -> dict[str, Any]:
+def parse_plan(text: str) -> dict[str, Any]:
+    """'target_macs=0.88,calibration=full' -> {'target_macs': 0.88, 'calibration': 'full'} (values as YAML)."""
+    import yaml
+
+    student = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--plan {text}: expected key=value[,key=value...]")
+        student[key.strip()] = yaml.safe_load(value)
+    return student
+
+
+def recipe_dict(args: argparse.Namespace, student: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """One run: every setting the benchmark varies comes from the command line, the rest is fixed."""
     task = TASKS[args.task]
     return {
         "version": 1,
         "teacher": args.teacher,
-        "student": {"energy": energy},
+        "student": student,
         "data": {"patch_size": args.patch, "batch_size": args.batch, "workers": 0, "val_crop": args.val_crop,
                  **task["data"]},
         "train": {"steps": args.steps, "lr": args.lr, "optimizer": task["optimizer"], "scheduler": "cosine",
-                  "seed": args.seed, "checkpoint_every": args.steps, "keep_checkpoints": 1},
+                  "seed": args.seed, "checkpoint_every": args.steps, "keep_checkpoints": 1,
+                  "trainable": args.trainable},
         "loss": {"output": 1.0, "features": args.features, "gt": args.gt, "distance": task["distance"]},
         "eval": {"every": args.eval_every},
         "output": {"dir": str(run_dir), "tensorboard": False},
@@ -79,12 +98,12 @@ def training_seconds(log_csv: Path, batch: int) -> float:
     return seconds
 
 
-def run_energy(args: argparse.Namespace, energy: float, out: Path) -> dict[str, Any]:
+def run_plan(args: argparse.Namespace, label: str, student: dict[str, Any], out: Path) -> dict[str, Any]:
     import glmha
     from glmha.distill import distill, parse_recipe
 
-    run_dir = out / f"energy_{energy:g}"
-    recipe = parse_recipe(recipe_dict(args, energy, run_dir))
+    run_dir = out / label.replace("=", "_").replace(",", "__")
+    recipe = parse_recipe(recipe_dict(args, student, run_dir))
     started = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
     with (run_dir / "engine_output.txt").open("w") as log, contextlib.redirect_stdout(log):
@@ -94,7 +113,7 @@ def run_energy(args: argparse.Namespace, energy: float, out: Path) -> dict[str, 
     teacher, converted, distilled = report["rows"]
     student = glmha.load(run_dir / "student.safetensors")
     return {
-        "energy": energy, "run_dir": str(run_dir), "wall_s": wall,
+        "label": label, "run_dir": str(run_dir), "wall_s": wall,
         "train_s": training_seconds(run_dir / "log.csv", args.batch), "best_step": result.best_step,
         "layers_converted": len(student.glmha_record.reduced),
         "teacher": teacher, "converted": converted, "distilled": distilled,
@@ -118,7 +137,7 @@ def markdown(runs: list[dict[str, Any]], args: argparse.Namespace) -> str:
     name = metric.upper()
     gt, vs_teacher = f"{metric}_gt", f"{metric}_teacher"
     teacher = runs[0]["teacher"]
-    head = "| step |" + "".join(f" E={r['energy']:g} {name} vs GT | E={r['energy']:g} vs teacher |" for r in runs)
+    head = "| step |" + "".join(f" {r['label']} {name} vs GT | {r['label']} vs teacher |" for r in runs)
     lines = [head, "|---|" + "---|---|" * len(runs)]
     lines.append("| teacher |" + f" {_fmt(teacher[gt], metric)} | - |" * len(runs))
     steps = sorted({h["step"] for r in runs for h in r["history"]})
@@ -129,8 +148,9 @@ def markdown(runs: list[dict[str, Any]], args: argparse.Namespace) -> str:
             cells += [_fmt(row and row[gt], metric), _fmt(row and row[vs_teacher], metric)]
         label = "0 (converted)" if step == 0 else str(step)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", f"| energy | layers converted | student params | MACs (b) saved | {name} vs GT: converted -> "
-              "best (step) | gap to teacher recovered | run time (training) |", "|---|---|---|---|---|---|---|"]
+    lines += ["", f"| plan | layers converted | student params | MACs (b) saved | {name} vs GT: converted -> "
+              "best (step) | gap to teacher recovered | left to the teacher | run time (training) |",
+              "|---|---|---|---|---|---|---|---|"]
     for r in runs:
         conv = r["converted"]
         best = max(r["history"], key=lambda h: sign * float(h[gt]))
@@ -139,10 +159,11 @@ def markdown(runs: list[dict[str, Any]], args: argparse.Namespace) -> str:
         share = f"{won / lost:.0%}" if lost > 0 else "n/a: converted is not worse"
         saved = (teacher["macs_total"] - conv["macs_total"]) / teacher["macs_total"]
         params = conv["params"] - teacher["params"]
+        left = sign * (float(teacher[gt]) - float(best[gt]))
         lines.append(
-            f"| {r['energy']:g} | {r['layers_converted']} | {conv['params']:,} ({params:+,}) | {saved:.2%} | "
+            f"| {r['label']} | {r['layers_converted']} | {conv['params']:,} ({params:+,}) | {saved:.2%} | "
             f"{_fmt(conv[gt], metric)} -> {_fmt(best[gt], metric)} ({best['step']}) | "
-            f"{_fmt(won, metric)} of {_fmt(lost, metric)} ({share}) | "
+            f"{_fmt(won, metric)} of {_fmt(lost, metric)} ({share}) | {_fmt(left, metric)} | "
             f"{r['wall_s']:.0f} s ({r['train_s']:.0f} s) |")
     loss = (f"output {task['distance']} 1.0 + features {args.features:g}"
             + (f" + gt {args.gt:g}" if args.gt else " (no ground truth)"))
@@ -152,9 +173,10 @@ def markdown(runs: list[dict[str, Any]], args: argparse.Namespace) -> str:
     else:
         where = (f"MRAE {_fmt(teacher['mrae_gt'], 'mrae')} / PSNR {_fmt(teacher['psnr_gt'], 'psnr')} dB vs GT "
                  f"on {teacher['images']} held-out synthetic scenes (whole 96x96)")
+    trained = "GLMHA parameters only" if args.trainable == "glmha" else "all parameters"
     lines += ["", f"Teacher {args.teacher}: {teacher['params']:,} params, {where}. Distillation: {args.steps} "
               f"steps, patch {args.patch}, batch {args.batch}, {task['optimizer']} lr {args.lr:g} cosine, loss "
-              f"{loss}, trainable: GLMHA parameters only. MACs (b) at 256x256 including attention products."]
+              f"{loss}, trainable: {trained}. MACs (b) at 256x256 including attention products."]
     return "\n".join(lines) + "\n"
 
 
@@ -163,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", choices=sorted(TASKS), default="denoise",
                         help="denoise: the shipped Restormer on photos; spectral: the shipped MST++ on scenes")
     parser.add_argument("--teacher", help="default: the task's shipped teacher")
-    parser.add_argument("--energies", type=float, nargs="+", default=[0.9, 0.8])
+    parser.add_argument("--energies", type=float, nargs="+", help="default 0.9 0.8 (unless --plan is given)")
+    parser.add_argument("--plan", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
+                        help="a student section to run, e.g. target_macs=0.88 (repeatable)")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--eval-every", type=int, default=25)
     parser.add_argument("--patch", type=int, help="default: 48 (denoise), 64 (spectral)")
@@ -173,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gt", type=float, default=0.0, help="weight of the ground-truth L1 (0: teacher only)")
     parser.add_argument("--val-crop", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--trainable", choices=["glmha", "all"], default="glmha",
+                        help="glmha: only the converted layers' parameters (default); all: the whole student")
     parser.add_argument("--out", default=DEFAULT_OUT, help="folder for the run directories (overwritten)")
     parser.add_argument("--json", help="also write every run's history and rows as JSON")
     args = parser.parse_args(argv)
@@ -187,11 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     metric = TASKS[args.task]["metric"]
     gt = f"{metric}_gt"
+    plans = [(f"E={e:g}", {"energy": e}) for e in (args.energies or ([] if args.plan else [0.9, 0.8]))]
+    plans += [(text, parse_plan(text)) for text in args.plan]
     runs = []
-    for energy in args.energies:
-        runs.append(run_energy(args, energy, out))
+    for label, student in plans:
+        runs.append(run_plan(args, label, student, out))
         r = runs[-1]
-        print(f"energy {energy:g}: {args.steps} steps in {r['wall_s']:.0f} s ({r['train_s']:.0f} s training); "
+        print(f"{label}: {args.steps} steps in {r['wall_s']:.0f} s ({r['train_s']:.0f} s training); "
               f"{metric.upper()} vs GT {_fmt(r['converted'][gt], metric)} -> {_fmt(r['distilled'][gt], metric)}",
               flush=True)
     table = markdown(runs, args)

@@ -39,6 +39,7 @@ def test_readme_main_job_runs_on_the_shipped_teacher(tmp_path, monkeypatch, caps
     export = tmp_path / "student.glmha.safetensors"
     convert[convert.index("-o") + 1] = str(export)
     convert[convert.index("--plot") + 1] = str(tmp_path / "plots")
+    convert += ["--calib-size", "32", "--calib-limit", "2"]  # measure sensitivity on small inputs: a fast test
     monkeypatch.chdir(ROOT)  # the recipe names the teacher relative to the repository root
     assert convert_main(convert) == 0
     assert list((tmp_path / "plots").glob("*.png"))

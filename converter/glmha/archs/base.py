@@ -35,6 +35,7 @@ class RestorationModel(nn.Module):
     family: ClassVar[str]
     title: ClassVar[str]
     config_class: ClassVar[type[StrictConfig]]
+    calibration_kind: ClassVar[str] = "inputs"  # what calibration_samples makes, for messages
     config: Any
 
     @classmethod
@@ -84,6 +85,12 @@ class RestorationModel(nn.Module):
 
     def csa_level(self, name: str) -> str:
         """Depth level of a CSA layer ("1", "2", ... or "bottleneck"), as in the paper's Table 9."""
+        raise NotImplementedError
+
+    def calibration_samples(self, side: int, count: int) -> tuple[torch.Tensor, ...]:
+        """`count` offline inputs of side x side, batched as the forward arguments, shaped and scaled as
+        the family's official pipeline feeds the model: what budget planning measures on when the user
+        gives no calibration data. Deterministic."""
         raise NotImplementedError
 
     def csa_layers(self) -> list[tuple[str, CSALayer]]:

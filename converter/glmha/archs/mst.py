@@ -17,6 +17,8 @@ from glmha.archs.spectral_blocks import SpectralUNet, block_output, shift_back_o
 from glmha.config import StrictConfig
 from glmha.errors import ArchitectureError, InputShapeError
 
+CALIBRATION_SEED = 7100  # synthetic calibration scenes: seeds 7100, 7101, ...; the mask 7099
+
 
 @dataclass(frozen=True)
 class MSTConfig(StrictConfig):
@@ -36,6 +38,7 @@ class MSTConfig(StrictConfig):
 class MST(SpectralUNet, RestorationModel):
     family = "mst"
     title = "MST"
+    calibration_kind = "synthetic CASSI scenes"
     config_class = MSTConfig
 
     def __init__(self, **kwargs: object) -> None:
@@ -77,6 +80,26 @@ class MST(SpectralUNet, RestorationModel):
 
     def csa_level(self, name: str) -> str:
         return unet_level(name, self.config.stage)
+
+    def calibration_samples(self, side: int, count: int) -> tuple[torch.Tensor, ...]:
+        """Synthetic reflectance scenes measured through a random binary mask as the CASSI simulation
+        does: shift_back(y * 2 / C) and the shifted mask Phi (one mask for the batch, as MST uses)."""
+        from glmha.data.degrade import seeded_generator
+        from glmha.spectral.cassi import mst_inputs
+        from glmha.spectral.synthetic import reflectance_cube
+
+        self.check_input_size(side, side)
+        bands = self.config.bands
+        if self.config.dim != bands:
+            raise ArchitectureError(f"MST with dim {self.config.dim} != {bands} bands has no offline "
+                                    f"calibration scenes; give some with --calib and --calib-mask")
+        cubes = torch.stack([reflectance_cube(side, side, bands, seeded_generator(CALIBRATION_SEED + index))
+                             for index in range(count)])  # (count, bands, side, side)
+        mask = (torch.rand(side, side, generator=seeded_generator(CALIBRATION_SEED - 1)) > 0.5).float()
+        measurement, phi = mst_inputs(cubes, mask)  # (count, bands, side, side), (count, bands, side, W')
+        if phi.shape[-1] < self.mask_width(side):
+            phi = torch.nn.functional.pad(phi, (0, self.mask_width(side) - phi.shape[-1]))
+        return measurement, phi
 
     @classmethod
     def detect(cls, keys: Iterable[str]) -> bool:

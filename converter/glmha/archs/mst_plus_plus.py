@@ -21,6 +21,7 @@ from glmha.config import StrictConfig
 from glmha.errors import ArchitectureError, InputShapeError
 
 PAD_MULTIPLE = 8
+CALIBRATION_SEED = 7000  # synthetic calibration scenes: seeds 7000, 7001, ...
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class MSTPlusPlusConfig(StrictConfig):
 class MSTPlusPlus(RestorationModel):
     family = "mst_plus_plus"
     title = "MST++"
+    calibration_kind = "synthetic RGB scenes"
     config_class = MSTPlusPlusConfig
 
     def __init__(self, **kwargs: object) -> None:
@@ -70,6 +72,25 @@ class MSTPlusPlus(RestorationModel):
 
     def csa_level(self, name: str) -> str:
         return unet_level(name, len(self.config.stage_blocks) - 1)
+
+    def calibration_samples(self, side: int, count: int) -> tuple[torch.Tensor, ...]:
+        """Synthetic scenes as the synthetic camera writes them (sRGB, 8 bit), then one min-max per image
+        as the NTIRE 2022 reader normalises its RGB."""
+        from glmha.data.degrade import seeded_generator
+        from glmha.spectral.synthetic import camera_response, capture_rgb, default_wavelengths, reflectance_cube
+
+        self.check_input_size(side, side)
+        if self.config.in_channels != 3:
+            raise ArchitectureError(f"MST++ with {self.config.in_channels} input channels has no offline "
+                                    f"calibration scenes; give some with --calib")
+        bands = self.config.out_channels
+        response = camera_response(default_wavelengths(bands))
+        images = []
+        for index in range(count):
+            cube = reflectance_cube(side, side, bands, seeded_generator(CALIBRATION_SEED + index))
+            rgb = capture_rgb(cube, response)  # (3, side, side)
+            images.append((rgb - rgb.min()) / (rgb.max() - rgb.min()).clamp_min(1e-12))
+        return (torch.stack(images),)
 
     @classmethod
     def detect(cls, keys: Iterable[str]) -> bool:

@@ -163,6 +163,7 @@ class _Resample(nn.Module):
 class Restormer(RestorationModel):
     family = "restormer"
     title = "Restormer"
+    calibration_kind = "sample photographs"
     config_class = RestormerConfig
 
     def __init__(self, **kwargs: object) -> None:
@@ -291,6 +292,31 @@ class Restormer(RestorationModel):
     @property
     def size_multiple(self) -> int:
         return 8
+
+    def calibration_samples(self, side: int, count: int) -> tuple[torch.Tensor, ...]:
+        """Centre crops of the offline training photographs (never the held-out ones), in [0, 1]:
+        grey models get the luminance, dual-pixel models the same view twice."""
+        from glmha.data.sample_images import TRAIN_IMAGES, load_sample
+
+        self.check_input_size(side, side)
+        crops = []
+        for name in TRAIN_IMAGES[:count]:
+            image = load_sample(name)  # (3, H, W)
+            if min(image.shape[1:]) < side:
+                raise InputShapeError(f"the offline calibration photograph '{name}' is "
+                                      f"{image.shape[1]}x{image.shape[2]}, smaller than {side}x{side}")
+            top, left = (image.shape[1] - side) // 2, (image.shape[2] - side) // 2
+            crops.append(image[:, top:top + side, left:left + side])
+        rgb = torch.stack(crops)  # (count, 3, side, side)
+        channels = self.config.inp_channels
+        if channels == 3:
+            return (rgb,)
+        if channels == 1:
+            return (rgb.mean(dim=1, keepdim=True),)
+        if channels == 6 and self.config.dual_pixel_task:
+            return (torch.cat([rgb, rgb], dim=1),)
+        raise ArchitectureError(f"Restormer with {channels} input channels has no offline calibration "
+                                f"images; give some with --calib")
 
     def block_output(self, csa_name: str) -> tuple[str, bool]:
         parent, _, leaf = csa_name.rpartition(".")

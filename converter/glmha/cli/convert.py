@@ -16,9 +16,10 @@ from pathlib import Path
 
 from glmha.archs import FAMILIES, RestorationModel
 from glmha.convert.api import analyse
+from glmha.convert.calibration import default_calibration
 from glmha.convert.export import export_model
-from glmha.convert.initialise import INIT_METHODS
-from glmha.convert.layers import GLMHASettings
+from glmha.convert.initialise import CALIBRATED_INITS, INIT_METHODS
+from glmha.convert.layers import CALIBRATION_FORMS, GLMHASettings
 from glmha.convert.mutate import apply_plan
 from glmha.convert.plan import DEFAULT_ENERGY, ConversionPlan, PlanSettings, make_plan
 from glmha.convert.spectrum import SPECTRUM_MODES
@@ -29,6 +30,7 @@ from glmha.report import describe, format_report, giga
 
 PROG = "glmha-convert"
 EXPORT_SUFFIX = ".glmha.safetensors"
+CALIB_NOISE_SEED = 4242  # --calib-noise: input i gets seed 4242 + i
 
 
 def parse_input_size(text: str) -> tuple[int, int]:
@@ -54,9 +56,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--force", action="store_true", help="overwrite an existing output file")
     parser.add_argument("--dry-run", action="store_true", help="print the report and the plan, then stop")
     parser.add_argument("--family", choices=sorted(FAMILIES), help="skip detection, force a family")
-    rank = parser.add_argument_group("choosing C' (one of --energy / --ratio)")
+    rank = parser.add_argument_group("choosing C' (one rule: --energy, --ratio, or a budget)")
     rank.add_argument("--energy", type=float, help=f"spectrum energy each head keeps (default {DEFAULT_ENERGY})")
     rank.add_argument("--ratio", type=float, help="uniform key/value size reduction, e.g. 0.5 (paper Table 7)")
+    rank.add_argument("--target-macs", type=float, metavar="F",
+                      help="budget: converted MACs (b) at most F times the original's, e.g. 0.88; C' allocated "
+                      "across layers by measured sensitivity on calibration inputs")
+    rank.add_argument("--target-params", type=float, metavar="F",
+                      help="budget: converted parameters at most F times the original's")
+    rank.add_argument("--min-fidelity", type=float, metavar="DB",
+                      help="budget: save as many MACs as possible while the converted model stays at least DB "
+                      "dB PSNR from the teacher's output on the calibration inputs")
+    rank.add_argument("--allow-bigger", action="store_true",
+                      help="also convert layers where GLMHA costs more parameters or MACs than CSA")
     rank.add_argument("--levels", help="convert only these depth levels, e.g. 1,2 or 3,bottleneck")
     rank.add_argument("--rank-pattern", action="append", default=[], metavar="REGEX=C",
                       help="force C' for layers whose name matches REGEX (repeatable; last match wins)")
@@ -64,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     layer.add_argument("--init", choices=INIT_METHODS, default="select",
                        help="initialisation of the reduced K/V generators (default select)")
     layer.add_argument("--alpha", type=float, default=0.6, help="calibration strength alpha (default 0.6)")
+    layer.add_argument("--calibration", choices=CALIBRATION_FORMS, default=GLMHASettings.calibration,
+                       help="last layer of the calibration net: a scale per channel (channel, default), a "
+                       "low-rank C -> r -> C map (lowrank) or the paper's per-head d x d map (full)")
     layer.add_argument("--seed", type=int, default=0, help="seed of the new weights (default 0)")
     analysis = parser.add_argument_group("analysis and reports")
     analysis.add_argument("--spectrum", choices=SPECTRUM_MODES, default="operator",
@@ -73,8 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
                           "(MST: scene .mat files, with --calib-mask)")
     analysis.add_argument("--calib-mask", metavar="FILE",
                           help="MST only: the 256x256 CASSI mask.mat the calibration scenes are measured with")
-    analysis.add_argument("--calib-limit", type=int, default=16, metavar="N",
-                          help="use at most N calibration images (default 16)")
+    analysis.add_argument("--calib-limit", type=int, metavar="N",
+                          help="use at most N calibration inputs (default: 16 of --calib; for budgets without "
+                          "--calib, 4 or 2 offline samples depending on the model's size)")
+    analysis.add_argument("--calib-size", type=int, metavar="N",
+                          help="centre crops of at most N x N (default: 256 for --calib; for budgets without "
+                          "--calib, the largest of 128/96/64/... that keeps measuring fast)")
+    analysis.add_argument("--calib-noise", type=float, metavar="SIGMA",
+                          help="add Gaussian noise of SIGMA (0-255 scale, seeded) to the calibration inputs, so a "
+                          "denoiser is measured on what it sees, e.g. 25")
     analysis.add_argument("--plot", metavar="DIR", help="write cumulative-energy PNGs per level to DIR")
     analysis.add_argument("--input-size", type=parse_input_size, default=(256, 256), metavar="N|HxW",
                           help="input size for the MAC counts (default 256; MST gets its mask shape)")
@@ -92,19 +114,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    budget = any(v is not None for v in (args.target_macs, args.target_params, args.min_fidelity))
     settings = PlanSettings(
-        energy=args.energy if args.energy is not None or args.ratio is not None else DEFAULT_ENERGY,
+        energy=args.energy if args.energy is not None or args.ratio is not None or budget else DEFAULT_ENERGY,
         ratio=args.ratio,
+        target_macs=args.target_macs,
+        target_params=args.target_params,
+        min_fidelity=args.min_fidelity,
         levels=tuple(level.strip() for level in args.levels.split(",") if level.strip()) if args.levels else (),
         rank_patterns=tuple(args.rank_pattern),
         init=args.init,
         seed=args.seed,
+        allow_bigger=args.allow_bigger,
     )
     if not math.isfinite(args.alpha):
         raise GlmhaError(f"--alpha must be a finite number, got {args.alpha}")
     if args.calib_mask and not args.calib:
         raise GlmhaError("--calib-mask: give the calibration scenes with --calib DIR too")
-    glmha_settings = GLMHASettings(alpha=args.alpha)
+    for flag, value in (("--calib-limit", args.calib_limit), ("--calib-size", args.calib_size)):
+        if value is not None and value < 1:
+            raise GlmhaError(f"{flag} must be at least 1, got {value}")
+    if args.calib_noise is not None and not (math.isfinite(args.calib_noise) and args.calib_noise >= 0):
+        raise GlmhaError(f"--calib-noise must be a noise level >= 0 on the 0-255 scale, got {args.calib_noise}")
+    glmha_settings = GLMHASettings(alpha=args.alpha, calibration=args.calibration)
     output = None if args.dry_run else _output_path(args)
     if args.json:
         check_writable_target(args.json, what="--json")
@@ -115,19 +147,38 @@ def _run(args: argparse.Namespace) -> int:
         raise GlmhaError(f"{args.checkpoint}: already converted by glmha; convert the original teacher")
     height, width = args.input_size
     report = describe(model, height, width)
-    spectra = analyse(model, _calibration_inputs(model, args) if args.calib else None, mode=args.spectrum)
-    plan = make_plan(model, spectra, settings, glmha_settings, height, width, cost=report.cost)
     print(f"checkpoint       {args.checkpoint}")
     print(format_report(report))
-    print()
+    print(flush=True)
+    calibration = _calibration_inputs(model, args) if args.calib else None
+    if calibration is None and (budget or settings.init in CALIBRATED_INITS or args.plot):
+        calibration, described = default_calibration(model, count=args.calib_limit, side=args.calib_size)
+        if args.calib_noise:
+            described += f" with sigma {args.calib_noise:g} noise"
+        print(f"calibration inputs: {described} (the default; --calib DIR uses your own)")
+        calibration = _noisy(calibration, args.calib_noise)
+    elif calibration is not None:
+        calibration = _noisy(calibration, args.calib_noise)
+    spectra = analyse(model, calibration if args.calib else None, mode=args.spectrum)
+    plan = make_plan(model, spectra, settings, glmha_settings, height, width, cost=report.cost,
+                     calibration=calibration)
     print(format_plan(plan))
+    curves = None
     if args.plot:
-        from glmha.convert.plot import plot_spectra
+        from glmha.convert.budget import attach_planner, fidelity_curves
+        from glmha.convert.plot import plot_fidelity, plot_spectra
 
         for path in plot_spectra(spectra, plan, Path(args.plot)):
             print(f"wrote {path}")
+        attach_planner(plan, model, spectra, calibration)
+        curves = fidelity_curves(plan)
+        print(f"wrote {plot_fidelity(curves, Path(args.plot))}")
+    if not plan.converted:
+        print(f"\nno layer converted: under {plan.settings.rule()} every CSA layer stays as it is (see the notes "
+              f"above), so the model would be unchanged" + ("" if output is None else "; nothing written"))
+        output = None
     if output is not None:
-        student = apply_plan(model, plan, spectra, inplace=True)  # source SHA-256 recorded by load()
+        student = apply_plan(model, plan, spectra, inplace=True, calibration=calibration)  # SHA-256 from load()
         export_model(student, output)
         source_size, output_size = Path(args.checkpoint).stat().st_size, output.stat().st_size
         print(f"\nwrote {output}: {output_size:,} bytes ({100 * output_size / source_size:.1f} % of the "
@@ -136,6 +187,8 @@ def _run(args: argparse.Namespace) -> int:
         data = {"checkpoint": str(args.checkpoint), **merge_plan(report.to_json(), plan)}
         if output is not None:
             data["output"] = str(output)
+        if curves is not None:
+            data["fidelity_curves"] = curves
         atomic_write_text(args.json, json.dumps(data, indent=2) + "\n")
     return 0
 
@@ -154,11 +207,23 @@ def _output_path(args: argparse.Namespace) -> Path:
     return output
 
 
+def _noisy(calibration: list, sigma: float | None) -> list:
+    """Calibration inputs with seeded Gaussian noise on their first argument (the image)."""
+    if not sigma:
+        return calibration
+    from glmha.data import add_gaussian_noise, seeded_generator
+
+    return [(add_gaussian_noise(args[0], sigma, seeded_generator(CALIB_NOISE_SEED + index)), *args[1:])
+            for index, args in enumerate(calibration)]
+
+
 def _calibration_inputs(model: RestorationModel, args: argparse.Namespace):
     from glmha.convert.calibration import calibration_inputs
 
     try:
-        return calibration_inputs(model, args.calib, mask=args.calib_mask, limit=args.calib_limit)
+        return calibration_inputs(model, args.calib, mask=args.calib_mask,
+                                  limit=16 if args.calib_limit is None else args.calib_limit,
+                                  side=args.calib_size)
     except GlmhaError as error:
         raise GlmhaError(f"--calib: {error}") from None
 
@@ -180,10 +245,10 @@ def merge_plan(report: dict, plan: ConversionPlan) -> dict:
 
 def format_plan(plan: ConversionPlan) -> str:
     settings = plan.settings
-    rule = f"ratio {settings.ratio:g}" if settings.ratio is not None else f"energy {settings.energy:g}"
     converted = sum(layer.convert for layer in plan.layers)
-    lines = [f"plan: {rule}, init {settings.init}, alpha {plan.glmha.alpha:g}, spectra from {plan.source}; "
-             f"{converted} of {len(plan.layers)} CSA layers converted"]
+    lines = [f"plan: {settings.rule()}, init {settings.init}, calibration net {plan.glmha.calibration}, alpha "
+             f"{plan.glmha.alpha:g}, spectra from {plan.source}; {converted} of {len(plan.layers)} CSA layers "
+             f"converted"]
     header = ("layer", "level", "C", "C'", "energy", "params", "MACs (a)", "MACs (b)", "note")
     rows = [header]
     for layer in plan.layers:
@@ -207,7 +272,28 @@ def format_plan(plan: ConversionPlan) -> str:
                  f"({_percent(before['macs_linear'], after['macs_linear'])}; convolutions and linear layers)")
     lines.append(f"total MACs (b)  {giga(before['macs_total'])} -> {giga(after['macs_total'])} "
                  f"({_percent(before['macs_total'], after['macs_total'])}; with attention products)")
+    if plan.budget:
+        lines.append(format_budget(plan.budget))
     return "\n".join(lines)
+
+
+def format_budget(budget: dict) -> str:
+    """Requested against achieved, e.g. 'budget: MACs (b) <= 0.8800 of the original: 0.8797 reached; ...'."""
+    requested, achieved = budget["requested"], budget["achieved"]
+    parts = []
+    for key, label in (("target_macs", "MACs (b)"), ("target_params", "parameters")):
+        if key in requested:
+            parts.append(f"{label} requested <= {requested[key]:.4f} of the original, reached {achieved[key]:.4f}")
+        else:
+            parts.append(f"{label} {achieved[key]:.4f} of the original")
+    measured = achieved["min_fidelity"]
+    fidelity = f"fidelity {measured:.2f} dB" if measured != float("inf") else "fidelity exact (nothing converted)"
+    if "min_fidelity" in requested:
+        fidelity += f" (requested >= {requested['min_fidelity']:g} dB)"
+    calibration = budget["calibration"]
+    parts.append(f"{fidelity} against the teacher on {calibration['inputs']} calibration inputs "
+                 f"({', '.join(calibration['sizes'])})")
+    return "budget: " + "; ".join(parts)
 
 
 def _change(before: int, after: int, plain: bool = False) -> str:

@@ -31,22 +31,34 @@ def analyse(model: RestorationModel, calibration: Iterable[Sequence[torch.Tensor
 
 
 def plan(model: RestorationModel, spectra: list[LayerSpectrum], *, energy: float | None = DEFAULT_ENERGY,
-         ratio: float | None = None, levels: Sequence[str] = (), rank_patterns: Sequence[str] = (),
-         init: str = "select", alpha: float = 0.6, pool: int = 2, kernel: int = 3, seed: int = 0,
-         input_size: tuple[int, int] = (256, 256)) -> ConversionPlan:
-    settings = PlanSettings(energy=None if ratio is not None else energy, ratio=ratio,
-                            levels=tuple(levels), rank_patterns=tuple(rank_patterns), init=init, seed=seed)
-    return make_plan(model, spectra, settings, GLMHASettings(alpha=alpha, pool=pool, kernel=kernel),
-                     *input_size)
+         ratio: float | None = None, target_macs: float | None = None, target_params: float | None = None,
+         min_fidelity: float | None = None, levels: Sequence[str] = (), rank_patterns: Sequence[str] = (),
+         init: str = "select", alpha: float = 0.6, calibration: str = GLMHASettings.calibration,
+         allow_bigger: bool = False, seed: int = 0, input_size: tuple[int, int] = (256, 256),
+         inputs: Sequence[Sequence[torch.Tensor]] | None = None, progress: bool | None = None) -> ConversionPlan:
+    """C' per layer by one rule: `energy`, `ratio`, or a budget (`target_macs`, `target_params`,
+    `min_fidelity`, measured on `inputs`: tuples of forward arguments, default the family's offline
+    samples). `calibration` is the form of the calibration net's last layer."""
+    budget = any(v is not None for v in (target_macs, target_params, min_fidelity))
+    settings = PlanSettings(energy=None if ratio is not None or budget else energy, ratio=ratio,
+                            target_macs=target_macs, target_params=target_params, min_fidelity=min_fidelity,
+                            levels=tuple(levels), rank_patterns=tuple(rank_patterns), init=init, seed=seed,
+                            allow_bigger=allow_bigger)
+    glmha = GLMHASettings(alpha=alpha, calibration=calibration)
+    return make_plan(model, spectra, settings, glmha, *input_size,
+                     calibration=[tuple(t) for t in inputs] if inputs is not None else None, progress=progress)
 
 
 def convert(model: RestorationModel, conversion_plan: ConversionPlan, spectra: list[LayerSpectrum],
-            *, inplace: bool = False) -> RestorationModel:
-    return apply_plan(model, conversion_plan, spectra, inplace=inplace)
+            *, inplace: bool = False, inputs: Sequence[Sequence[torch.Tensor]] | None = None) -> RestorationModel:
+    """The converted copy (or the model itself with `inplace`); `inputs` feed `refit` (default: the
+    family's offline samples)."""
+    return apply_plan(model, conversion_plan, spectra, inplace=inplace,
+                      calibration=[tuple(t) for t in inputs] if inputs is not None else None)
 
 
 def convert_to_glmha(model: RestorationModel, **options) -> tuple[RestorationModel, ConversionPlan]:
     """analyse (data-free) + plan + convert; `options` are those of `plan`. The model is not changed."""
     spectra = analyse(model)
     conversion_plan = plan(model, spectra, **options)
-    return convert(model, conversion_plan, spectra), conversion_plan
+    return convert(model, conversion_plan, spectra, inputs=options.get("inputs")), conversion_plan

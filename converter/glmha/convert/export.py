@@ -13,17 +13,17 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from glmha.archs import FAMILIES, RestorationModel
 from glmha.convert.initialise import empty_glmha_like
-from glmha.convert.layers import GLMHALayer, GLMHASettings
+from glmha.convert.layers import LEGACY_SETTINGS, GLMHALayer, GLMHASettings
 from glmha.convert.mutate import ConversionRecord, swap_layers
 from glmha.errors import ArchitectureError, GlmhaError
-from glmha.io_utils import atomic_write
+from glmha.io_utils import save_safetensors
 
 FORMAT = "glmha"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: calibration forms, grid pooling, gathered MST values, token bias; 1 is still read
+READABLE_VERSIONS = (1, 2)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -54,8 +54,7 @@ def export_model(model: RestorationModel, path: str | Path) -> None:
         "source_file": record.source_file,
         "glmha_version": __version__,
     }
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    save_safetensors(dict(model.state_dict()), path, metadata)  # same model and options: same bytes
 
 
 def is_glmha_export(metadata: Mapping[str, str]) -> bool:
@@ -67,15 +66,18 @@ def rebuild_model(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str,
     """The converted model described by export metadata, loaded strictly."""
     try:
         version = int(metadata.get("format_version", "0"))
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise GlmhaError(f"{source}: glmha export format {version} is not supported "
-                             f"(this glmha reads format {FORMAT_VERSION})")
+                             f"(this glmha reads formats {', '.join(map(str, READABLE_VERSIONS))})")
         family = metadata["family"]
         if family not in FAMILIES:
             raise ArchitectureError(f"{source}: unknown family '{family}' in the export metadata")
         cls = FAMILIES[family]
         config = cls.config_class.from_dict(json.loads(metadata["hyperparameters"]))
-        settings = GLMHASettings.from_dict(json.loads(metadata["glmha"]))
+        stored = json.loads(metadata["glmha"])
+        if version == 1 and isinstance(stored, dict):  # written before the settings had these fields
+            stored = {**LEGACY_SETTINGS, **stored}
+        settings = GLMHASettings.from_dict(stored)
         reduced = json.loads(metadata["layers"])
         plan = json.loads(metadata.get("plan", "{}"))
     except (KeyError, json.JSONDecodeError, ValueError) as error:
@@ -95,7 +97,10 @@ def rebuild_model(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str,
         unexpected = sorted(set(state_dict) - set(expected))[:3]
         raise GlmhaError(f"{source}: tensors do not match the metadata (missing {missing}, "
                          f"unexpected {unexpected})")
-    model.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=True, assign=True)
+    # fresh (aligned) copies: the convolution and matrix kernels pick code paths by buffer alignment, so a
+    # model on safetensors' buffers could round differently from the same model built in memory
+    tensors = {k: (v.float() if v.is_floating_point() else v).clone() for k, v in state_dict.items()}
+    model.load_state_dict(tensors, strict=True, assign=True)
     model.glmha_record = ConversionRecord(
         settings=settings, reduced={k: int(v) for k, v in reduced.items()},
         init=metadata.get("init", ""), plan=plan, source_sha256=metadata.get("source_sha256", ""),

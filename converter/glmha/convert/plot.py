@@ -153,3 +153,46 @@ def _level_figure(level: str, layers: list[LayerPlan], by_name: dict[str, LayerS
     axes.set_ylabel("cumulative spectrum energy of the weakest head (%)")
     axes.set_title(f"Level {level}: key/value spectrum energy (from {source}), {_threshold_text(plan)}")
     return figure
+
+
+FIDELITY_PLOT = "fidelity.png"
+_CURVE_STYLES = {  # kind -> (label, colour, marker)
+    "budget": ("budget plans (measured sensitivity)", "tab:green", "o"),
+    "energy": ("--energy plans", "tab:blue", "s"),
+    "ratio": ("--ratio plans (uniform)", "tab:orange", "^"),
+}
+
+
+def plot_fidelity(curves: dict, out_dir: Path) -> Path:
+    """`fidelity.png`: PSNR against the teacher's output on the calibration inputs (right after
+    conversion) against MACs (b) saved, for budget, energy and ratio plans; the chosen plan starred.
+    Points where nothing is converted (infinite fidelity) are left out."""
+    from matplotlib.figure import Figure
+
+    out_dir = _prepare_folder(Path(out_dir))
+    figure = Figure(figsize=(8.0, 5.0))
+    axes = figure.add_subplot()
+    for kind, (label, colour, marker) in _CURVE_STYLES.items():
+        points = sorted((p["macs_saved"] * 100, p["fidelity_db"]) for p in curves.get(kind, [])
+                        if np.isfinite(p["fidelity_db"]) and p["macs_saved"] > 0)
+        if points:
+            xs, ys = zip(*points, strict=True)
+            axes.plot(xs, ys, color=colour, marker=marker, markersize=5, linewidth=1.5, label=label)
+    for point in curves.get("chosen", []):
+        if np.isfinite(point["fidelity_db"]):
+            axes.plot([point["macs_saved"] * 100], [point["fidelity_db"]], marker="*", markersize=16,
+                      color="gold", markeredgecolor="black", linestyle="none",
+                      label=f"chosen plan ({curves.get('rule', '')})")
+    axes.grid(True, alpha=0.3)
+    axes.set_xlabel("MACs (b) saved (%)")
+    axes.set_ylabel("PSNR vs teacher output (dB), calibration inputs")
+    axes.set_title("Fidelity right after conversion against MACs saved")
+    axes.legend(fontsize=8, frameon=False)
+    path = out_dir / FIDELITY_PLOT
+    try:
+        atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    except OSError as error:
+        raise GlmhaError(f"cannot write {path}: {error.strerror or error}") from None
+    finally:
+        figure.clear()
+    return path

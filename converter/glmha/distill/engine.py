@@ -27,9 +27,11 @@ from torch.utils.data import DataLoader
 
 from glmha.archs import RestorationModel
 from glmha.convert.export import export_model, sha256_file
-from glmha.convert.layers import GLMHASettings
+from glmha.convert.initialise import CALIBRATED_INITS
+from glmha.convert.plan import in_recipe_terms
+from glmha.data.degrade import seeded_generator
 from glmha.distill import checkpointing
-from glmha.distill.data import TrainPatches, ValImages, check_patch_size, open_source
+from glmha.distill.data import TrainPatches, ValImages, centre_crop, check_patch_size, open_source, stable_seed
 from glmha.distill.evaluate import Evaluator, Scores, default_selection
 from glmha.distill.losses import FeatureTap, distance_fn, feature_loss, feature_points
 from glmha.distill.optim import build_optimizer, build_scheduler, select_trainable
@@ -151,9 +153,50 @@ def build_student(recipe: Recipe, teacher: RestorationModel, say: Callable[[str]
                 f"(same architecture; continuing)")
         return student
     spectra = analyse(teacher, mode=spec.spectrum)
-    settings = GLMHASettings(alpha=spec.alpha)
-    plan = make_plan(teacher, spectra, spec.plan_settings(), settings, *recipe.eval.input_size)
-    return convert(teacher, plan, spectra)
+    settings = spec.plan_settings()
+    calibration = None
+    if settings.has_budget or settings.init in CALIBRATED_INITS:
+        calibration, described = recipe_calibration(recipe, teacher)
+        say(f"calibration inputs: {described}")
+    try:
+        plan = make_plan(teacher, spectra, settings, spec.glmha_settings(), *recipe.eval.input_size,
+                         calibration=calibration, say=say)
+    except RecipeError:
+        raise
+    except GlmhaError as error:  # the planner speaks in CLI flags; say it in recipe keys
+        raise RecipeError(in_recipe_terms(str(error))) from None
+    if not plan.converted:
+        raise RecipeError(f"student: under {plan.settings.rule()} no CSA layer is converted, so there is "
+                          f"nothing to distil ({plan.layers[0].reason})")
+    return convert(teacher, plan, spectra, inputs=calibration)
+
+
+def recipe_calibration(recipe: Recipe, teacher: RestorationModel) -> tuple[list[tuple[torch.Tensor, ...]], str]:
+    """Calibration inputs for budgets and `refit`: centre crops of the first training images as the recipe
+    degrades them (what the model really sees: noisy images for a denoiser), at the size glmha-convert
+    would use; spectral data gives the family's offline scenes."""
+    from glmha.convert.calibration import calibration_size, default_calibration
+
+    spec: SourceSection = recipe.data.train
+    if spec.spectral:
+        inputs, described = default_calibration(teacher)
+        return inputs, described
+    side, count = calibration_size(teacher)
+    source = open_source(spec, channels=teacher.input_channels, where="data.train")
+    crops = []
+    for index in range(len(source)):
+        if len(crops) == count:
+            break
+        height, width = source.sizes[index]
+        if min(height, width) < side:
+            continue
+        generator = seeded_generator(stable_seed("glmha.distill.calibration", recipe.train.seed, index))
+        image, _ = source.read(index, generator)
+        crops.append(centre_crop(image, side))
+    if not crops:
+        raise RecipeError(f"data.train: no training image is at least {side}x{side} pixels, the calibration size "
+                          f"budgets and refit need")
+    return [(torch.stack(crops),)], f"{len(crops)} training images of data.train as degraded, centre {side}x{side}"
 
 
 SPECTRAL_FAMILIES = ("mst_plus_plus", "mst")

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Literal
 from glmha.config import StrictConfig, _describe
 from glmha.convert.initialise import INIT_METHODS
 from glmha.convert.layers import GLMHASettings
-from glmha.convert.plan import DEFAULT_ENERGY, PlanSettings
+from glmha.convert.plan import BUDGET_KEYS, DEFAULT_ENERGY, PlanSettings, in_recipe_terms
 from glmha.convert.spectrum import SPECTRUM_MODES
 from glmha.data.degrade import DEGRADATIONS
 from glmha.errors import GlmhaError
@@ -49,10 +49,15 @@ class StudentSection(StrictConfig):
     path: str | None = None
     energy: float | None = DEFAULT_ENERGY
     ratio: float | None = None
+    target_macs: float | None = None
+    target_params: float | None = None
+    min_fidelity: float | None = None
     levels: tuple[str, ...] = ()
     rank_patterns: tuple[str, ...] = ()
     init: str = "select"
     alpha: float = GLMHASettings.alpha
+    calibration: str = GLMHASettings.calibration
+    allow_bigger: bool = False
     spectrum: str = "operator"
     seed: int = 0
 
@@ -65,10 +70,11 @@ class StudentSection(StrictConfig):
         _positive("alpha", self.alpha, allow_zero=True)
         try:
             self.plan_settings()
+            self.glmha_settings()
         except RecipeError:
             raise
-        except GlmhaError as error:  # PlanSettings speaks in CLI flags; say it in recipe keys
-            raise RecipeError(str(error).replace("--rank-pattern", "rank_patterns").replace("--", "")) from None
+        except GlmhaError as error:  # the planner speaks in CLI flags; say it in recipe keys
+            raise RecipeError(in_recipe_terms(str(error), section=None)) from None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, where: str | None = None) -> StudentSection:
@@ -81,8 +87,8 @@ class StudentSection(StrictConfig):
                                       f"settings, not both (also given: {', '.join(given)})")
                 known = {f.name for f in dataclasses.fields(cls)}
                 data = {k: v for k, v in data.items() if k == "path" or k not in known}  # unknown keys still fail
-            elif data.get("ratio") is not None and "energy" not in data:
-                data["energy"] = None  # ratio given alone replaces the default energy
+            elif "energy" not in data and any(data.get(k) is not None for k in ("ratio", *BUDGET_KEYS)):
+                data["energy"] = None  # a ratio or a budget given alone replaces the default energy
         return super().from_dict(data, where=where)
 
     def to_dict(self) -> dict[str, Any]:
@@ -91,8 +97,13 @@ class StudentSection(StrictConfig):
         return {"path": self.path} if self.path is not None else super().to_dict()
 
     def plan_settings(self) -> PlanSettings:
-        return PlanSettings(energy=None if self.ratio is not None else self.energy, ratio=self.ratio,
-                            levels=self.levels, rank_patterns=self.rank_patterns, init=self.init, seed=self.seed)
+        return PlanSettings(energy=self.energy, ratio=self.ratio, target_macs=self.target_macs,
+                            target_params=self.target_params, min_fidelity=self.min_fidelity, levels=self.levels,
+                            rank_patterns=self.rank_patterns, init=self.init, seed=self.seed,
+                            allow_bigger=self.allow_bigger)
+
+    def glmha_settings(self) -> GLMHASettings:
+        return GLMHASettings(alpha=self.alpha, calibration=self.calibration)
 
 
 SPECTRAL_FORMATS = ("ntire2022", "sci", "synthetic")

@@ -1,0 +1,38 @@
+"""The benchmarks run (smoke mode, tiny models): the scripts a reader reruns must not rot. No timing is
+asserted; the numbers they record come from runs by hand (bench/RESULTS.md)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench(stem: str):
+    name = f"glmha_bench_{stem}"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{stem}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def test_latency_bench_smoke(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "latency.json"
+    latency = _bench("latency")
+    assert latency.main(["--smoke", "--models", "restormer", "mst_l", "--plans", "ratio:0.5", "target-macs:0.95",
+                         "--layers", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["model"], r["plan"]) for r in rows] == [
+        ("restormer", "ratio:0.5"), ("restormer", "target-macs:0.95"), ("mst_l", "ratio:0.5"),
+        ("mst_l", "target-macs:0.95")]
+    for row in rows:
+        assert row["teacher_min"] > 0 and row["student_min"] > 0 and row["macs_total_saved"] > 0
+        assert row["params_after"] < row["params_before"]
+        assert row["layers"] and all(layer["teacher_min"] > 0 for layer in row["layers"])
+    assert rows[1]["macs_total_saved"] >= 0.05 - 1e-9  # the budget plan meets its target
+    assert "| restormer | 32x32 | ratio:0.5 |" in capsys.readouterr().out
