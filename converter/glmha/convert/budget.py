@@ -171,7 +171,7 @@ class BudgetPlanner:
             raise self._out_of_reach(error.resource, (before[error.resource] - self.saved({})[error.resource]
                                                       - error.best) / before[error.resource]) from None
         widths = self.widths_of(allocation)
-        fidelity = self._measured.get(frozenset(widths.items())) or self.fidelity(widths)
+        fidelity = self.measured_fidelity(widths)
         if settings.min_fidelity is not None and required and fidelity < settings.min_fidelity:
             asked = ", ".join(f"{OPTION_FLAGS[k]} {getattr(settings, k):g}" for k in RESOURCE_OF
                               if getattr(settings, k) is not None)
@@ -250,10 +250,20 @@ class BudgetPlanner:
         return self.widths_of(self._refined({"macs_total": max(0, need)}))
 
     def frontier(self, points: int) -> list[dict[str, int]]:
-        """Least-error widths at evenly spaced MACs savings, up to the largest possible."""
+        """Budget plans at evenly spaced MACs savings, up to the largest possible, each allocated and refined
+        as `--target-macs` would be (the predicted least-error allocation alone is too pessimistic at large
+        savings, where layers' errors interact)."""
         from glmha.convert.allocate import frontier
 
-        return [self.widths_of(allocation) for allocation in frontier(self.options, points)]
+        savings = [allocation.saving["macs_total"] for allocation in frontier(self.options, points)]
+        return [self.widths_of(self._refined({"macs_total": saving})) for saving in savings]
+
+    def measured_fidelity(self, widths: dict[str, int]) -> float:
+        """`fidelity`, reusing the measurement when this plan was measured already."""
+        key = frozenset(widths.items())
+        if key not in self._measured:
+            self._measured[key] = self.fidelity(widths)
+        return self._measured[key]
 
     def rule_widths(self, energy: float | None = None, ratio: float | None = None) -> dict[str, int]:
         """The widths --energy or --ratio would give, never-bigger applied (for comparisons)."""
@@ -345,7 +355,8 @@ def fidelity_curves(plan: Any, calibration: Sequence[Inputs] | None = None, *,
 
 
 def _point(planner: BudgetPlanner, widths: dict[str, int], total: int, value: float | None) -> dict[str, float]:
-    point = {"macs_saved": planner.saved(widths)["macs_total"] / total, "fidelity_db": planner.fidelity(widths)}
+    point = {"macs_saved": planner.saved(widths)["macs_total"] / total,
+             "fidelity_db": planner.measured_fidelity(widths)}
     if value is not None:
         point["setting"] = value
     return point
