@@ -14,6 +14,12 @@ allocated by sensitivity measured on the offline calibration inputs).
         --plans ratio:0.5 target-macs:0.88 --repeats 7 --threads 2 --layers --json latency.json
     python bench/latency.py --smoke          # tiny models, one repeat: checks the script runs
 
+Allocator: glibc's malloc adapts its mmap threshold to the allocation sizes it has seen, so two
+models with different intermediate shapes can pay different page-fault costs in *identical* layers
+(measured: the same Restormer FFN layers 8.6 % slower inside the converted model at 128x128, and
+every layer up to 40 % slower than with a fixed threshold). The bench fixes the thresholds with
+mallopt (as PyTorch's CPU performance guide suggests) unless `--default-malloc`.
+
 Never asserted on in tests: timings depend on the machine and its load.
 """
 
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import io
 import json
 import os
@@ -50,6 +57,18 @@ SMOKE_MODELS: dict[str, Callable[[], RestorationModel]] = {
 DEFAULT_SIZES = {"restormer": ["128", "256", "512"], "mst_plus_plus": ["482x512"], "mst_l": ["256"]}
 
 
+def tune_allocator() -> bool:
+    """Fixed glibc malloc thresholds (mmap 32 MiB, trim 2 GiB, top pad 256 MiB) for this process, so
+    freed feature maps are reused instead of unmapped and faulted in again; False where not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    trim_threshold, top_pad, mmap_threshold = -1, -2, -3  # mallopt parameter numbers (malloc.h)
+    return all(libc.mallopt(option, value) == 1 for option, value in (
+        (mmap_threshold, 32 << 20), (trim_threshold, (1 << 31) - 1), (top_pad, 256 << 20)))
+
+
 def parse_size(text: str) -> tuple[int, int]:
     height, _, width = text.partition("x")
     return int(height), int(width or height)
@@ -67,6 +86,19 @@ def build_student(teacher: RestorationModel, plan_text: str, size: tuple[int, in
     with contextlib.redirect_stderr(io.StringIO()):
         student, plan = glmha.convert_to_glmha(teacher, input_size=size, progress=False, **options)
     return student.eval(), plan
+
+
+def random_teacher(name: str, smoke: bool = False) -> RestorationModel:
+    """A published default configuration (or its smoke-size stand-in) with random but non-trivial weights,
+    so plans and outputs are not degenerate; latency does not depend on the values."""
+    teacher = (SMOKE_MODELS if smoke else MODELS)[name]()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in teacher.parameters():
+            noise = torch.randn(parameter.shape, generator=generator)
+            scaled = noise / max(parameter[0].numel(), 1) ** 0.5 if parameter.dim() > 1 else 1.0 + 0.1 * noise
+            parameter.copy_(scaled)
+    return teacher.eval()
 
 
 def interleaved(first: Callable[[], object], second: Callable[[], object], repeats: int) -> dict[str, Any]:
@@ -111,7 +143,7 @@ class LayerClock:
 
 
 def layer_breakdown(teacher: RestorationModel, student: RestorationModel, inputs: Sequence[torch.Tensor],
-                    repeats: int) -> list[dict[str, Any]]:
+                    repeats: int, plan: Any) -> list[dict[str, Any]]:
     """Each converted layer against its CSA original, both timed inside interleaved whole-model passes."""
     clocks = LayerClock(teacher), LayerClock(student)
     try:
@@ -120,12 +152,12 @@ def layer_breakdown(teacher: RestorationModel, student: RestorationModel, inputs
     finally:
         for clock in clocks:
             clock.close()
+    macs = {lp.name: lp.macs_total_after / lp.macs_total_before for lp in plan.layers}
     rows = []
     for name, layer in student.csa_layers():
-        if not isinstance(layer, GLMHALayer):
-            continue
         before, after = clocks[0].times[name], clocks[1].times[name]
-        rows.append({"layer": name, "level": teacher.csa_level(name), "teacher_min": min(before),
+        rows.append({"layer": name, "level": teacher.csa_level(name), "converted": isinstance(layer, GLMHALayer),
+                     "macs_ratio": macs[name], "teacher_min": min(before),
                      "student_min": min(after),
                      "median_ratio": statistics.median(b / a for a, b in zip(before, after, strict=True))})
     return rows
@@ -159,7 +191,12 @@ def run_case(model_name: str, teacher: RestorationModel, size: tuple[int, int], 
         "time_share_of_macs_median": (1 - timing["median_ratio"]) / saved_macs if saved_macs else None,
     }
     if args.layers:
-        row["layers"] = layer_breakdown(teacher_d, student_d, inputs, args.repeats)
+        row["layers"] = layer_breakdown(teacher_d, student_d, inputs, args.repeats, plan)
+        converted = [layer for layer in row["layers"] if layer["converted"]]
+        # what the model would save if every converted layer's time shrank exactly with its MACs
+        ideal = sum(layer["teacher_min"] * (1 - layer["macs_ratio"]) for layer in converted)
+        row["csa_time_share"] = sum(layer["teacher_min"] for layer in row["layers"]) / row["teacher_min"]
+        row["proportional_time_saved"] = ideal / row["teacher_min"]
     teacher.to("cpu").float(), student.to("cpu").float()
     return row
 
@@ -179,17 +216,25 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         if "layers" not in r:
             continue
+        ideal = r["proportional_time_saved"]
         lines += ["", f"Per level, {r['model']} {r['size']} {r['plan']} (sum over the converted layers of each "
-                  "one's minimum time inside the whole-model passes):", "",
-                  "| level | layers | CSA | GLMHA | ratio |", "|---|---|---|---|---|"]
+                  "one's minimum time inside the whole-model passes; MACs ratio: the same layers' MACs (b) "
+                  "after / before):", "",
+                  "| level | layers | CSA | GLMHA | time ratio | MACs ratio |", "|---|---|---|---|---|---|"]
         levels: dict[str, list[dict[str, Any]]] = {}
         for layer in r["layers"]:
-            levels.setdefault(layer["level"], []).append(layer)
+            if layer["converted"]:
+                levels.setdefault(layer["level"], []).append(layer)
         for level, items in levels.items():
             before = sum(i["teacher_min"] for i in items)
             after = sum(i["student_min"] for i in items)
+            macs = sum(i["teacher_min"] * i["macs_ratio"] for i in items) / before  # time-weighted
             lines.append(f"| {level} | {len(items)} | {before * 1000:.1f} ms | {after * 1000:.1f} ms | "
-                         f"{after / before:.3f} |")
+                         f"{after / before:.3f} | {macs:.3f} |")
+        lines += ["", f"CSA layers take {r['csa_time_share']:.0%} of the original's time; if each converted "
+                  f"layer's time shrank exactly with its MACs the model would save {ideal:.1%} of its time, "
+                  f"{ideal / r['macs_total_saved']:.0%} of the MACs saved (measured: "
+                  f"{1 - r['ratio_of_minima']:.1%} minima, {1 - r['median_ratio']:.1%} median)."]
     return "\n".join(lines) + "\n"
 
 
@@ -208,9 +253,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bf16", action="store_true", help="run both models in bfloat16")
     parser.add_argument("--layers", action="store_true", help="also time every converted layer alone")
     parser.add_argument("--smoke", action="store_true", help="tiny models, small inputs, one repeat")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc malloc's adaptive thresholds on (see the module docstring)")
     parser.add_argument("--json", help="write every row as JSON")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    # smoke runs (tests) leave the process's allocator alone
+    tuned = not (args.default_malloc or args.smoke) and tune_allocator()
+    allocator = "fixed thresholds" if tuned else "default"
     if args.smoke:
         args.repeats, args.warmup = 1, 0
     if os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE" and args.device == "cpu" and not args.smoke:
@@ -218,16 +268,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
     rows = []
     for model_name in args.models:
-        if args.checkpoint:
-            teacher = glmha.load(args.checkpoint)
-        else:
-            teacher = (SMOKE_MODELS if args.smoke else MODELS)[model_name]()
-            generator = torch.Generator().manual_seed(0)
-            with torch.no_grad():  # random but non-trivial weights, so plans and outputs are not degenerate
-                for parameter in teacher.parameters():
-                    parameter.copy_(torch.randn(parameter.shape, generator=generator)
-                                    / max(parameter[0].numel(), 1) ** 0.5 if parameter.dim() > 1
-                                    else 1.0 + 0.1 * torch.randn(parameter.shape, generator=generator))
+        teacher = glmha.load(args.checkpoint) if args.checkpoint else random_teacher(model_name, args.smoke)
         teacher.eval()
         sizes = args.sizes or (["32"] if args.smoke else DEFAULT_SIZES[model_name])
         students: dict[str, tuple[RestorationModel, Any]] = {}
@@ -241,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(rows)
     print("\n" + table)
     if args.json:
-        payload = {"torch": torch.__version__, "threads": args.threads, "device": args.device,
+        payload = {"torch": torch.__version__, "threads": args.threads, "device": args.device, "malloc": allocator,
                    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "rows": rows, "markdown": table}
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
     return 0

@@ -34,5 +34,25 @@ def test_latency_bench_smoke(tmp_path: Path, capsys) -> None:
         assert row["teacher_min"] > 0 and row["student_min"] > 0 and row["macs_total_saved"] > 0
         assert row["params_after"] < row["params_before"]
         assert row["layers"] and all(layer["teacher_min"] > 0 for layer in row["layers"])
+        assert all(layer["macs_ratio"] < 1 if layer["converted"] else layer["macs_ratio"] == 1
+                   for layer in row["layers"])
+        assert 0 < row["csa_time_share"] <= 1 and 0 < row["proportional_time_saved"] < row["csa_time_share"]
     assert rows[1]["macs_total_saved"] >= 0.05 - 1e-9  # the budget plan meets its target
     assert "| restormer | 32x32 | ratio:0.5 |" in capsys.readouterr().out
+
+
+def test_allocator_bench_smoke(capsys) -> None:
+    allocator = _bench("allocator")
+    assert allocator.main(["--smoke", "--malloc", "default"]) == 0
+    out = capsys.readouterr().out
+    assert "restormer 32x32 ratio:0.5, malloc default, 1 interleaved pairs" in out
+    for part in ("attention (CSA or GLMHA)", "GatedDconvFeedForward", "LayerNorm"):
+        assert f"| {part} |" in out
+
+
+def test_layer_parts_bench_smoke(capsys) -> None:
+    assert _bench("layer_parts").main(["--smoke"]) == 0
+    out = capsys.readouterr().out
+    assert "| part (ms per call) | C=16, 2 heads, 16x16 |" in out
+    for row in ("| calibration net |", "| GLMHA, alpha 0 |", "| GLMHA / CSA MACs (b) |"):
+        assert row in out

@@ -107,13 +107,14 @@ def test_interrupt_saves_and_resumes_identically(reference, tmp_path):
         return original(self, batch)
 
     Distillation._losses = losses_with_ctrl_c
+    handler = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN under nohup / a background shell
     try:
         result = engine.run()
     finally:
         Distillation._losses = original
     assert result.stopped_by == "signal" and result.step == 2
     assert ckpt.latest_checkpoint(tmp_path / "run" / "checkpoints")[0] == 2
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is handler  # the caller's handler restored
     run(recipe)
     expected, got = final_weights(ref_folder / "run"), final_weights(tmp_path / "run")
     assert all(torch.equal(expected[k], got[k]) for k in expected)

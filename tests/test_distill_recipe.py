@@ -34,7 +34,14 @@ def with_change(raw, dotted, value):
     return raw
 
 
-DELETE = object()
+class _Delete:
+    """Marks a key to remove; a stable repr keeps test ids equal across processes (pytest-xdist)."""
+
+    def __repr__(self) -> str:
+        return "DELETE"
+
+
+DELETE = _Delete()
 
 BAD_VALUES = [
     ("train.lr", "fast", "train.lr: expected a number, got 'fast'"),
