@@ -36,7 +36,8 @@ def test_latency_bench_smoke(tmp_path: Path, capsys) -> None:
         assert row["layers"] and all(layer["teacher_min"] > 0 for layer in row["layers"])
         assert all(layer["macs_ratio"] < 1 if layer["converted"] else layer["macs_ratio"] == 1
                    for layer in row["layers"])
-        assert 0 < row["csa_time_share"] <= 1 and 0 < row["proportional_time_saved"] < row["csa_time_share"]
+        # both are sums of timings from different passes: only their signs are not timing-dependent
+        assert row["csa_time_share"] > 0 and row["proportional_time_saved"] > 0
     assert rows[1]["macs_total_saved"] >= 0.05 - 1e-9  # the budget plan meets its target
     assert "| restormer | 32x32 | ratio:0.5 |" in capsys.readouterr().out
 

@@ -347,3 +347,13 @@ def test_same_input_and_options_give_byte_identical_exports(tmp_path: Path, caps
     assert outputs[0].read_bytes() == outputs[1].read_bytes()
     with safe_open(str(outputs[0]), "pt") as handle:
         assert json.loads(handle.metadata()["plan"])["budget"]["requested"] == {"target_macs": 0.95}
+
+
+def test_a_teacher_with_non_finite_outputs_is_refused_by_the_planner() -> None:
+    """Through the API (no CLI check in front): one GlmhaError, not an assertion deep in the allocation."""
+    model = wide_model("restormer", 7)
+    with torch.no_grad():
+        model.output.weight.mul_(1e38)  # finite weights whose outputs overflow float32
+    inputs = calibration(model, 32)
+    with pytest.raises(glmha.GlmhaError, match=r"^the model produces non-finite outputs on the calibration"):
+        plan(model, analyse(model), target_macs=0.95, input_size=(32, 32), inputs=inputs, progress=False)

@@ -58,6 +58,15 @@ def test_readme_main_job_runs_on_the_shipped_teacher(tmp_path, monkeypatch, caps
     assert distilled["psnr_teacher"] >= converted["psnr_teacher"] and teacher["psnr_gt"] > 25
     assert TABLE_HEADER in out and TABLE_HEADER in (ROOT / "README.md").read_text()  # README shows the real table
 
+    # rerunning the job: the same export bytes, so distillation recognises its student and reprints the table
+    first_export = export.read_bytes()
+    assert convert_main(convert) == 0
+    assert export.read_bytes() == first_export
+    assert distill_main([*distill, *[a for o in overrides for a in ("--set", o)], "--no-progress"]) == 0
+    again = capsys.readouterr().out
+    assert TABLE_HEADER in again and "| distilled (step" in again
+    assert json.loads((tmp_path / "run" / "report.json").read_text()) == report
+
 
 def _table_rows(markdown: str, header_start: str) -> list[list[str]]:
     """The body rows of the first Markdown table whose header starts with `header_start`, as cells."""

@@ -22,9 +22,9 @@ def load(path: str | Path, *, family: str | None = None) -> RestorationModel:
     `family` forces a family ("restormer", "mst_plus_plus", "mst") instead of detecting it.
     """
     checkpoint = read_checkpoint(path)
-    from glmha.convert.export import is_glmha_export, rebuild_model
+    from glmha.convert.export import carries_export_fields, is_glmha_export, rebuild_model
 
-    if is_glmha_export(checkpoint.metadata):
+    if is_glmha_export(checkpoint.metadata) or carries_export_fields(checkpoint.metadata):
         model = rebuild_model(checkpoint.state_dict, checkpoint.metadata, source=str(path))
         if family is not None and family != model.family:
             raise ArchitectureError(f"{path}: a converted {model.family} model, not {family}")
@@ -54,6 +54,10 @@ def build_model(
             _check_keys_and_shapes(model, state_dict)
         except ArchitectureError as error:
             failures.append(f"{cls.family} ({error})")
+            continue
+        except (ValueError, IndexError, TypeError, ZeroDivisionError, RuntimeError) as error:
+            # inference reads shapes; a tensor of the wrong rank (a 1-d conv weight, a 0-d temperature) breaks it
+            failures.append(f"{cls.family} (unexpected tensor shapes: {_first_line(error)})")
             continue
         weights = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
         model.load_state_dict(weights, strict=True, assign=True)
@@ -91,3 +95,15 @@ def _check_keys_and_shapes(model: torch.nn.Module, state_dict: Mapping[str, torc
                 f"'{key}' has shape {list(state_dict[key].shape)}, the inferred model needs "
                 f"{list(tensor.shape)}"
             )
+        if state_dict[key].is_floating_point() != tensor.is_floating_point():
+            # loading would fail with a raw error (integer parameters cannot require gradients)
+            found = str(state_dict[key].dtype).removeprefix("torch.")
+            raise ArchitectureError(
+                f"'{key}' has dtype {found}, the model needs "
+                f"{'floating point' if tensor.is_floating_point() else str(tensor.dtype).removeprefix('torch.')}"
+            )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__

@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from glmha.archs import CSALayer, RestorationModel
+from glmha.archs import RestorationModel
 from glmha.counting import CostReport, count_macs, count_parameters
 from glmha.runtime import single_thread
 
@@ -58,7 +58,7 @@ def describe(model: RestorationModel, height: int, width: int) -> ModelReport:
     cost = count_macs(model, inputs, modules=[name for name, _ in layers])
     rows = []
     for name, layer in layers:
-        grid = _token_grid(layer, cost.input_shapes[name][0])
+        grid = layer.token_grid(cost.input_shapes[name][0])
         rows.append(LayerReport(
             name=name,
             kind=type(layer).__name__,
@@ -83,15 +83,6 @@ def describe(model: RestorationModel, height: int, width: int) -> ModelReport:
         layers=rows,
         cost=cost,
     )
-
-
-def _token_grid(layer: CSALayer, shape: tuple[int, ...]) -> tuple[int, int]:
-    """(h, w) of the layer input: NCHW for Restormer, channels-last (b, h, w, C) for MST."""
-    if shape[-1] == layer.channels and shape[1] != layer.channels:
-        return shape[1], shape[2]
-    if shape[1] == layer.channels:
-        return shape[2], shape[3]
-    return shape[1], shape[2]
 
 
 def _scale(layer_height: int, input_height: int) -> str:

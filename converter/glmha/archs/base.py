@@ -23,10 +23,17 @@ class CSALayer(nn.Module):
 
     channels: int
     num_heads: int
+    # layout of the feature map the layer receives: (b, h, w, C) when True, else (b, C, h, w); declared by
+    # each layer kind, never inferred from sizes (a map whose height equals C would fool any guess)
+    channels_last: ClassVar[bool] = False
 
     @property
     def head_dim(self) -> int:
         return self.channels // self.num_heads
+
+    def token_grid(self, shape: tuple[int, ...]) -> tuple[int, int]:
+        """(h, w) of an input feature map of this shape."""
+        return (shape[1], shape[2]) if self.channels_last else (shape[2], shape[3])
 
 
 class RestorationModel(nn.Module):

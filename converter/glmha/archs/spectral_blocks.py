@@ -77,6 +77,8 @@ class SpectralAttention(CSALayer):
     Input and output are channels-last (b, h, w, C).
     """
 
+    channels_last = True
+
     def __init__(self, channels: int, head_dim: int, num_heads: int) -> None:
         super().__init__()
         self.channels = channels

@@ -7,14 +7,21 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
 import re
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
+
+import torch
 
 from glmha.archs import FAMILIES, RestorationModel
+from glmha.checkpoint import check_readable
 from glmha.convert.api import analyse
 from glmha.convert.calibration import default_calibration
 from glmha.convert.export import export_model
@@ -22,9 +29,9 @@ from glmha.convert.initialise import CALIBRATED_INITS, INIT_METHODS
 from glmha.convert.layers import CALIBRATION_FORMS, GLMHASettings
 from glmha.convert.mutate import apply_plan
 from glmha.convert.plan import DEFAULT_ENERGY, ConversionPlan, PlanSettings, make_plan
-from glmha.convert.spectrum import SPECTRUM_MODES
+from glmha.convert.spectrum import SPECTRUM_MODES, check_spectrum_mode
 from glmha.errors import GlmhaError
-from glmha.io_utils import atomic_write_text, check_writable_target
+from glmha.io_utils import PendingFile, create_folder, path_status, remove_empty_folders
 from glmha.loader import load
 from glmha.report import describe, format_report, giga
 
@@ -44,8 +51,20 @@ def parse_input_size(text: str) -> tuple[int, int]:
     return height, width
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other error (argparse would print the usage block first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
+def _choices(values: Sequence[str]) -> str:
+    """`{a,b,c}`: how --help shows an option whose values the settings classes check (not argparse)."""
+    return "{" + ",".join(values) + "}"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=PROG,
         description="Convert the channel-wise self-attention (CSA) layers of a Restormer / MST++ / MST "
         "checkpoint to GLMHA: per-layer spectrum analysis, a plan of reduced key/value widths C', "
@@ -73,15 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("--rank-pattern", action="append", default=[], metavar="REGEX=C",
                       help="force C' for layers whose name matches REGEX (repeatable; last match wins)")
     layer = parser.add_argument_group("GLMHA layers")
-    layer.add_argument("--init", choices=INIT_METHODS, default="select",
+    layer.add_argument("--init", metavar=_choices(INIT_METHODS), default="select",
                        help="initialisation of the reduced K/V generators (default select)")
     layer.add_argument("--alpha", type=float, default=0.6, help="calibration strength alpha (default 0.6)")
-    layer.add_argument("--calibration", choices=CALIBRATION_FORMS, default=GLMHASettings.calibration,
+    layer.add_argument("--calibration", metavar=_choices(CALIBRATION_FORMS), default=GLMHASettings.calibration,
                        help="last layer of the calibration net: a scale per channel (channel, default), a "
                        "low-rank C -> r -> C map (lowrank) or the paper's per-head d x d map (full)")
     layer.add_argument("--seed", type=int, default=0, help="seed of the new weights (default 0)")
     analysis = parser.add_argument_group("analysis and reports")
-    analysis.add_argument("--spectrum", choices=SPECTRUM_MODES, default="operator",
+    analysis.add_argument("--spectrum", metavar=_choices(SPECTRUM_MODES), default="operator",
                           help="data-free spectrum of each channel's full K/V operator (1x1 row and its "
                           "depthwise filter; default) or of the 1x1 rows [W_K | W_V] alone")
     analysis.add_argument("--calib", metavar="DIR", help="spectra from activations on this folder's images "
@@ -111,9 +130,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GlmhaError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)  # every temporary file and new empty folder is gone
+        return 130
+
+
+@dataclass
+class Outputs:
+    """Where this run writes, all proven writable before any work: the export's and the JSON's
+    temporary files exist (renamed into place at the end, removed on any failure) and the plot
+    folder exists (removed again if the run ends before anything is written into it)."""
+
+    export: PendingFile | None
+    json: PendingFile | None
+    plot: Path | None
 
 
 def _run(args: argparse.Namespace) -> int:
+    settings, glmha_settings = _settings(args)
+    _check_analysis_options(args)
+    check_readable(args.checkpoint)  # the input's own problems first, before any output is reserved
+    with contextlib.ExitStack() as cleanup:
+        outputs = _reserve_outputs(args, cleanup)
+        return _convert(args, settings, glmha_settings, outputs)
+
+
+def _settings(args: argparse.Namespace) -> tuple[PlanSettings, GLMHASettings]:
+    """The options as the settings classes that validate them (for recipes too: one rule each)."""
     budget = any(v is not None for v in (args.target_macs, args.target_params, args.min_fidelity))
     settings = PlanSettings(
         energy=args.energy if args.energy is not None or args.ratio is not None or budget else DEFAULT_ENERGY,
@@ -121,14 +164,19 @@ def _run(args: argparse.Namespace) -> int:
         target_macs=args.target_macs,
         target_params=args.target_params,
         min_fidelity=args.min_fidelity,
-        levels=tuple(level.strip() for level in args.levels.split(",") if level.strip()) if args.levels else (),
+        levels=() if args.levels is None else tuple(level.strip() for level in args.levels.split(",")),
         rank_patterns=tuple(args.rank_pattern),
         init=args.init,
         seed=args.seed,
         allow_bigger=args.allow_bigger,
     )
-    if not math.isfinite(args.alpha):
-        raise GlmhaError(f"--alpha must be a finite number, got {args.alpha}")
+    glmha_settings = GLMHASettings(alpha=args.alpha, calibration=args.calibration)
+    check_spectrum_mode(args.spectrum)
+    return settings, glmha_settings
+
+
+def _check_analysis_options(args: argparse.Namespace) -> None:
+    """The calibration options, which have no recipe twin."""
     if args.calib_mask and not args.calib:
         raise GlmhaError("--calib-mask: give the calibration scenes with --calib DIR too")
     for flag, value in (("--calib-limit", args.calib_limit), ("--calib-size", args.calib_size)):
@@ -136,12 +184,33 @@ def _run(args: argparse.Namespace) -> int:
             raise GlmhaError(f"{flag} must be at least 1, got {value}")
     if args.calib_noise is not None and not (math.isfinite(args.calib_noise) and args.calib_noise >= 0):
         raise GlmhaError(f"--calib-noise must be a noise level >= 0 on the 0-255 scale, got {args.calib_noise}")
-    glmha_settings = GLMHASettings(alpha=args.alpha, calibration=args.calibration)
-    output = None if args.dry_run else _output_path(args)
+
+
+def _reserve_outputs(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> Outputs:
+    """Create the temporary files and the plot folder now, so an unwritable location costs seconds."""
+    export = None if args.dry_run else cleanup.enter_context(PendingFile(_output_path(args), what="--output"))
+    report = None
     if args.json:
-        check_writable_target(args.json, what="--json")
-    if args.plot and Path(args.plot).exists() and not Path(args.plot).is_dir():
-        raise GlmhaError(f"--plot {args.plot}: exists and is not a folder")
+        _check_json_path(args, None if export is None else export.path)
+        report = cleanup.enter_context(PendingFile(args.json, what="--json"))
+    plot = None
+    if args.plot:
+        plot = Path(args.plot)
+        cleanup.callback(remove_empty_folders, create_folder(plot, what="--plot"))
+    return Outputs(export=export, json=report, plot=plot)
+
+
+def _check_json_path(args: argparse.Namespace, output: Path | None) -> None:
+    """--json names neither the input checkpoint nor the export."""
+    status = path_status(args.json, what="--json")
+    if status is not None and _same_file(status, Path(args.checkpoint)):
+        raise GlmhaError(f"--json {args.json}: is the input checkpoint; glmha never overwrites its input")
+    if output is not None and os.path.abspath(args.json) == os.path.abspath(output):
+        raise GlmhaError(f"--json {args.json}: is also the --output file; give them different names")
+
+
+def _convert(args: argparse.Namespace, settings: PlanSettings, glmha_settings: GLMHASettings,
+             outputs: Outputs) -> int:
     model = load(args.checkpoint, family=args.family)
     if getattr(model, "glmha_record", None) is not None:
         raise GlmhaError(f"{args.checkpoint}: already converted by glmha; convert the original teacher")
@@ -150,47 +219,101 @@ def _run(args: argparse.Namespace) -> int:
     print(f"checkpoint       {args.checkpoint}")
     print(format_report(report))
     print(flush=True)
-    calibration = _calibration_inputs(model, args) if args.calib else None
-    if calibration is None and (budget or settings.init in CALIBRATED_INITS or args.plot):
-        calibration, described = default_calibration(model, count=args.calib_limit, side=args.calib_size)
-        if args.calib_noise:
-            described += f" with sigma {args.calib_noise:g} noise"
-        print(f"calibration inputs: {described} (the default; --calib DIR uses your own)")
-        calibration = _noisy(calibration, args.calib_noise)
-    elif calibration is not None:
-        calibration = _noisy(calibration, args.calib_noise)
+    calibration = _calibration(model, args, settings)
+    if calibration is not None and not outputs_are_finite(model, calibration[:1]):
+        raise GlmhaError(f"{args.checkpoint}: the model produces non-finite outputs on the calibration inputs, "
+                         f"so its conversion cannot be measured; nothing written")
     spectra = analyse(model, calibration if args.calib else None, mode=args.spectrum)
     plan = make_plan(model, spectra, settings, glmha_settings, height, width, cost=report.cost,
                      calibration=calibration)
     print(format_plan(plan))
-    curves = None
-    if args.plot:
-        from glmha.convert.budget import attach_planner, fidelity_curves
-        from glmha.convert.plot import plot_fidelity, plot_spectra
-
-        for path in plot_spectra(spectra, plan, Path(args.plot)):
-            print(f"wrote {path}")
-        attach_planner(plan, model, spectra, calibration)
-        curves = fidelity_curves(plan)
-        print(f"wrote {plot_fidelity(curves, Path(args.plot))}")
+    curves = _fidelity_curves(plan, model, spectra, calibration) if outputs.plot else None
+    output = outputs.export
     if not plan.converted:
         print(f"\nno layer converted: under {plan.settings.rule()} every CSA layer stays as it is (see the notes "
               f"above), so the model would be unchanged" + ("" if output is None else "; nothing written"))
-        output = None
-    if output is not None:
-        student = apply_plan(model, plan, spectra, inplace=True, calibration=calibration)  # SHA-256 from load()
-        export_model(student, output)
-        source_size, output_size = Path(args.checkpoint).stat().st_size, output.stat().st_size
-        print(f"\nwrote {output}: {output_size:,} bytes ({100 * output_size / source_size:.1f} % of the "
-              f"{source_size:,} bytes of {Path(args.checkpoint).name})")
-    if args.json:
+    elif output is not None:
+        _export(args, model, plan, spectra, calibration, output)
+    if outputs.plot is not None:
+        _write_plots(spectra, plan, curves, outputs.plot)
+    if outputs.json is not None:
         data = {"checkpoint": str(args.checkpoint), **merge_plan(report.to_json(), plan)}
-        if output is not None:
-            data["output"] = str(output)
+        if output is not None and plan.converted:
+            data["output"] = str(output.path)
         if curves is not None:
             data["fidelity_curves"] = curves
-        atomic_write_text(args.json, json.dumps(data, indent=2) + "\n")
+        text = json.dumps(data, indent=2) + "\n"
+        outputs.json.commit(lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return 0
+
+
+def _calibration(model: RestorationModel, args: argparse.Namespace, settings: PlanSettings) -> list | None:
+    """--calib inputs, or the family's offline samples where a budget, an init or the plots need them."""
+    if args.calib:
+        return _noisy(_calibration_inputs(model, args), args.calib_noise)
+    if settings.has_budget or settings.init in CALIBRATED_INITS or args.plot:
+        calibration, described = default_calibration(model, count=args.calib_limit, side=args.calib_size)
+        if args.calib_noise:
+            described += f" with sigma {args.calib_noise:g} noise"
+        print(f"calibration inputs: {described} (the default; --calib DIR uses your own)")
+        return _noisy(calibration, args.calib_noise)
+    return None
+
+
+def _fidelity_curves(plan: ConversionPlan, model: RestorationModel, spectra: list, calibration: list) -> dict:
+    """Fidelity against MACs saved, measured now: the conversion replaces the teacher's layers."""
+    from glmha.convert.budget import attach_planner, fidelity_curves
+
+    attach_planner(plan, model, spectra, calibration)
+    return fidelity_curves(plan)
+
+
+def _export(args: argparse.Namespace, model: RestorationModel, plan: ConversionPlan, spectra: list,
+            calibration: list | None, output: PendingFile) -> None:
+    """Convert, refuse a model with non-finite outputs, then write the export in place of the reservation."""
+    probe, described = (calibration, "the calibration inputs") if calibration is not None \
+        else _probe_inputs(model, *args.input_size)
+    student = apply_plan(model, plan, spectra, inplace=True, calibration=calibration)  # SHA-256 from load()
+    if not outputs_are_finite(student, probe[:1]):
+        raise GlmhaError(f"{args.checkpoint}: the converted model produces non-finite outputs on {described}; "
+                         f"nothing written")
+    output.discard()  # the export writes its own locked temporary file next to the output, then renames it
+    export_model(student, output.path)
+    source_size, output_size = Path(args.checkpoint).stat().st_size, output.path.stat().st_size
+    print(f"\nwrote {output.path}: {output_size:,} bytes ({100 * output_size / source_size:.1f} % of the "
+          f"{source_size:,} bytes of {Path(args.checkpoint).name})")
+
+
+def _probe_inputs(model: RestorationModel, height: int, width: int) -> tuple[list, str]:
+    """What to run the converted model on when no calibration inputs were needed: one of the family's
+    offline samples, or seeded random inputs at the report's size where the family has none."""
+    try:
+        return default_calibration(model, count=1)
+    except GlmhaError:  # e.g. an MST whose band count has no offline scenes
+        generator = torch.Generator().manual_seed(0)
+        inputs = tuple(torch.rand(t.shape, generator=generator) for t in model.example_inputs(height, width))
+        return [inputs], f"random example inputs at {height}x{width}"
+
+
+def outputs_are_finite(model: RestorationModel, inputs: Sequence[tuple[torch.Tensor, ...]]) -> bool:
+    """Whether every output value of `model` on `inputs` is finite (no NaN, no Inf)."""
+    with torch.no_grad():
+        for batch in inputs:
+            result = model(*batch)
+            tensors = result if isinstance(result, (tuple, list)) else (result,)
+            if not all(bool(torch.isfinite(t).all()) for t in tensors if isinstance(t, torch.Tensor)):
+                return False
+    return True
+
+
+def _write_plots(spectra: list, plan: ConversionPlan, curves: dict | None, folder: Path) -> None:
+    """The energy plots and the fidelity plot, written last: never when the export could not be."""
+    from glmha.convert.plot import plot_fidelity, plot_spectra
+
+    for path in plot_spectra(spectra, plan, folder):
+        print(f"wrote {path}")
+    if curves is not None:
+        print(f"wrote {plot_fidelity(curves, folder)}")
 
 
 def _output_path(args: argparse.Namespace) -> Path:
@@ -199,12 +322,20 @@ def _output_path(args: argparse.Namespace) -> Path:
     output = Path(args.output) if args.output else default
     if output.suffix != ".safetensors":
         raise GlmhaError(f"--output {output}: the export is safetensors; name it *.safetensors")
-    if source.exists() and output.exists() and output.resolve() == source.resolve():
+    status = path_status(output, what="--output")
+    if status is not None and _same_file(status, source):
         raise GlmhaError(f"--output {output}: is the input checkpoint; glmha never overwrites its input")
-    if output.exists() and not args.force:
+    if status is not None and not args.force:
         raise GlmhaError(f"--output {output}: exists; pass --force to overwrite it")
-    check_writable_target(output, what="--output")
     return output
+
+
+def _same_file(status: os.stat_result, other: Path) -> bool:
+    """Whether `other` is the file `status` describes (also through links); False if it cannot be read."""
+    try:
+        return os.path.samestat(status, os.stat(other))
+    except OSError:
+        return False
 
 
 def _noisy(calibration: list, sigma: float | None) -> list:

@@ -77,6 +77,9 @@ class BudgetPlanner:
                 say(f"calibration inputs: {described} (the default; --calib DIR uses your own)")
         self.inputs = batched(calibration)
         self.teacher, self.sensitivity = self._measure(progress)
+        if not all(torch.isfinite(output).all() for output in self.teacher.outputs):
+            raise GlmhaError("the model produces non-finite outputs on the calibration inputs, so no budget can "
+                             "be measured against it")
         self.options = {name: self._options(found) for name, found in self.sensitivity.items()}
         self._measured: dict[frozenset, float] = {}  # plans measured so far -> fidelity (dB)
 

@@ -121,4 +121,5 @@ def default_calibration(model: RestorationModel, *, count: int | None = None,
     """The family's offline calibration inputs (one batched tuple) and a description of them."""
     size, number = calibration_size(model, count=count, side=side)
     inputs = model.calibration_samples(size, number)
-    return [inputs], f"{number} offline {model.calibration_kind} at {size}x{size}"
+    kind = model.calibration_kind if number != 1 else model.calibration_kind.removesuffix("s")  # plural nouns
+    return [inputs], f"{number} offline {kind} at {size}x{size}"

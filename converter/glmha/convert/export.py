@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 
-from glmha.archs import FAMILIES, RestorationModel
+from glmha.archs import FAMILIES, CSALayer, RestorationModel
+from glmha.config import StrictConfig
 from glmha.convert.initialise import empty_glmha_like
 from glmha.convert.layers import LEGACY_SETTINGS, GLMHALayer, GLMHASettings
 from glmha.convert.mutate import ConversionRecord, swap_layers
@@ -24,6 +28,8 @@ from glmha.io_utils import save_safetensors
 FORMAT = "glmha"
 FORMAT_VERSION = 2  # 2: calibration forms, grid pooling, gathered MST values, token bias; 1 is still read
 READABLE_VERSIONS = (1, 2)
+EXPORT_FIELDS = {"glmha", "layers", "hyperparameters"}  # written by every format, used by no other tool
+ConfigT = TypeVar("ConfigT", bound=StrictConfig)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -61,48 +67,221 @@ def is_glmha_export(metadata: Mapping[str, str]) -> bool:
     return metadata.get("format") == FORMAT
 
 
+def carries_export_fields(metadata: Mapping[str, str]) -> bool:
+    """Metadata with glmha's own fields but not its format tag: an export whose tag was damaged, which
+    must be reported as such rather than misread as an unknown teacher."""
+    return set(metadata) >= EXPORT_FIELDS
+
+
 def rebuild_model(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str],
                   source: str = "file") -> RestorationModel:
-    """The converted model described by export metadata, loaded strictly."""
-    try:
-        version = int(metadata.get("format_version", "0"))
-        if version not in READABLE_VERSIONS:
-            raise GlmhaError(f"{source}: glmha export format {version} is not supported "
-                             f"(this glmha reads formats {', '.join(map(str, READABLE_VERSIONS))})")
-        family = metadata["family"]
-        if family not in FAMILIES:
-            raise ArchitectureError(f"{source}: unknown family '{family}' in the export metadata")
-        cls = FAMILIES[family]
-        config = cls.config_class.from_dict(json.loads(metadata["hyperparameters"]))
-        stored = json.loads(metadata["glmha"])
-        if version == 1 and isinstance(stored, dict):  # written before the settings had these fields
-            stored = {**LEGACY_SETTINGS, **stored}
-        settings = GLMHASettings.from_dict(stored)
-        reduced = json.loads(metadata["layers"])
-        plan = json.loads(metadata.get("plan", "{}"))
-    except (KeyError, json.JSONDecodeError, ValueError) as error:
-        raise GlmhaError(f"{source}: damaged glmha metadata ({error})") from None
+    """The converted model described by export metadata, loaded strictly.
+
+    Every damage to the metadata or the tensors is one GlmhaError line naming `source` and the field or
+    tensor: an export is read back by users and by distillation, never trusted to be intact."""
+    _check_format_tag(metadata, source)
+    version = _format_version(metadata, source)
+    cls = _family_class(metadata, source)
+    config = _strict_config(cls.config_class, _json_field(metadata, "hyperparameters", dict, source),
+                            "hyperparameters", source)
+    settings = _glmha_settings(metadata, version, source)
+    reduced_field = _json_field(metadata, "layers", dict, source)
+    plan = _json_field(metadata, "plan", dict, source, default="{}")
     with torch.device("meta"):
-        model = cls.from_config(config)
+        model = _empty_model(cls, config, source)
         layers = dict(model.csa_layers())
-        replacements: dict[str, GLMHALayer] = {}
-        for name, channels in reduced.items():
-            if name not in layers:
-                raise GlmhaError(f"{source}: metadata names layer {name}, which the model does not have")
-            replacements[name] = empty_glmha_like(layers[name], int(channels), settings)
+        reduced = {name: _reduced_width(name, value, layers, source) for name, value in reduced_field.items()}
+        replacements = {name: _empty_glmha(layers[name], channels, settings, name, source)
+                        for name, channels in reduced.items()}
     swap_layers(model, replacements)
-    expected = model.state_dict()
-    if set(expected) != set(state_dict):
-        missing = sorted(set(expected) - set(state_dict))[:3]
-        unexpected = sorted(set(state_dict) - set(expected))[:3]
-        raise GlmhaError(f"{source}: tensors do not match the metadata (missing {missing}, "
-                         f"unexpected {unexpected})")
+    _check_tensors(model.state_dict(), state_dict, source)
     # fresh (aligned) copies: the convolution and matrix kernels pick code paths by buffer alignment, so a
     # model on safetensors' buffers could round differently from the same model built in memory
     tensors = {k: (v.float() if v.is_floating_point() else v).clone() for k, v in state_dict.items()}
     model.load_state_dict(tensors, strict=True, assign=True)
+    _check_value_indices(model, source)
     model.glmha_record = ConversionRecord(
-        settings=settings, reduced={k: int(v) for k, v in reduced.items()},
-        init=metadata.get("init", ""), plan=plan, source_sha256=metadata.get("source_sha256", ""),
-        source_file=metadata.get("source_file", ""))
+        settings=settings, reduced=reduced, init=_text_field(metadata, "init", source, default=""), plan=plan,
+        source_sha256=_text_field(metadata, "source_sha256", source, default=""),
+        source_file=_text_field(metadata, "source_file", source, default=""))
     return model.eval()
+
+
+def _text_field(metadata: Mapping[str, str], field: str, source: str, default: str | None = None) -> str:
+    """A metadata string; missing (without a default) or not a string is a damaged export."""
+    value = metadata.get(field, default)
+    if value is None:
+        raise GlmhaError(f"{source}: damaged glmha metadata: field '{field}' is missing")
+    if not isinstance(value, str):
+        raise GlmhaError(f"{source}: damaged glmha metadata: field '{field}' must be a string, "
+                         f"found {type(value).__name__}")
+    return value
+
+
+def _check_format_tag(metadata: Mapping[str, str], source: str) -> None:
+    tag = _text_field(metadata, "format", source)
+    if tag != FORMAT:
+        raise GlmhaError(f"{source}: damaged glmha metadata: field 'format' is {tag!r}, expected {FORMAT!r}")
+
+
+def _format_version(metadata: Mapping[str, str], source: str) -> int:
+    """The export format; a newer one is refused by name, so an old glmha never misreads a new file."""
+    text = _text_field(metadata, "format_version", source)
+    if not re.fullmatch(r"[0-9]{1,9}", text):
+        raise GlmhaError(f"{source}: damaged glmha metadata: field 'format_version' must be an integer, "
+                         f"found {text!r}")
+    version = int(text)
+    readable = ", ".join(map(str, READABLE_VERSIONS))
+    if version > max(READABLE_VERSIONS):
+        from glmha import __version__
+
+        raise GlmhaError(f"{source}: made by a newer glmha (field 'format_version' is {version}; glmha "
+                         f"{__version__} reads formats {readable}); upgrade glmha to load it")
+    if version not in READABLE_VERSIONS:
+        raise GlmhaError(f"{source}: field 'format_version': glmha export format {version} is not supported "
+                         f"(this glmha reads formats {readable})")
+    return version
+
+
+def _family_class(metadata: Mapping[str, str], source: str) -> type[RestorationModel]:
+    family = _text_field(metadata, "family", source)
+    if family not in FAMILIES:
+        raise ArchitectureError(f"{source}: damaged glmha metadata: field 'family' names unknown family "
+                                f"{family!r} (known: {', '.join(FAMILIES)})")
+    return FAMILIES[family]
+
+
+def _json_field(metadata: Mapping[str, str], field: str, kind: type, source: str,
+                default: str | None = None) -> Any:
+    """A metadata field holding strict JSON (no NaN, no infinities) of the given container type."""
+    text = _text_field(metadata, field, source, default)
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except (json.JSONDecodeError, ValueError) as error:
+        raise GlmhaError(f"{source}: damaged glmha metadata: field '{field}' is not valid JSON "
+                         f"({_json_problem(error)})") from None
+    if not isinstance(value, kind):
+        raise GlmhaError(f"{source}: damaged glmha metadata: field '{field}' must be {_json_kind(kind())}, "
+                         f"found {_json_kind(value)}")
+    return value
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} overflows a float")
+    return value
+
+
+def _json_problem(error: ValueError) -> str:
+    if isinstance(error, json.JSONDecodeError):
+        return f"{error.msg} at character {error.pos}"
+    return str(error)
+
+
+def _json_kind(value: Any) -> str:
+    """How a JSON value is named in messages: 'an object', 'a list', 'a string', ..."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "true/false"
+    if value is None:
+        return "null"
+    return "a number"
+
+
+def _strict_config(config_class: type[ConfigT], data: dict[str, Any], field: str, source: str) -> ConfigT:
+    """Validate a settings object through its StrictConfig, re-worded with the file and the field."""
+    try:
+        return config_class.from_dict(data)
+    except (GlmhaError, ValueError, TypeError, ArithmeticError) as error:
+        from glmha.convert.plan import in_recipe_terms  # settings speak in CLI flags; here they are keys
+
+        raise GlmhaError(f"{source}: damaged glmha metadata: field '{field}' is invalid: "
+                         f"{in_recipe_terms(str(error), section=None)}") from None
+
+
+def _glmha_settings(metadata: Mapping[str, str], version: int, source: str) -> GLMHASettings:
+    stored = _json_field(metadata, "glmha", dict, source)
+    if version == 1:  # written before the settings had these fields
+        stored = {**LEGACY_SETTINGS, **stored}
+    return _strict_config(GLMHASettings, stored, "glmha", source)
+
+
+def _empty_model(cls: type[RestorationModel], config: StrictConfig, source: str) -> RestorationModel:
+    """The family's model for these hyperparameters (call on the meta device)."""
+    try:
+        return cls.from_config(config)
+    except (GlmhaError, ValueError, TypeError, RuntimeError, ArithmeticError) as error:
+        raise GlmhaError(f"{source}: damaged glmha metadata: field 'hyperparameters' describes no buildable "
+                         f"{cls.title} ({_first_line(error)})") from None
+
+
+def _reduced_width(name: str, value: Any, layers: Mapping[str, CSALayer], source: str) -> int:
+    """C' of one layer from the `layers` field: an integer, a positive multiple of the heads, at most C."""
+    where = f"{source}: damaged glmha metadata: field 'layers'"
+    if name not in layers:
+        raise GlmhaError(f"{where} names layer {name!r}, which this model does not have")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise GlmhaError(f"{where}: C' of {name!r} must be an integer, found {json.dumps(value)}")
+    layer = layers[name]
+    if value < layer.num_heads or value % layer.num_heads:
+        raise GlmhaError(f"{where}: C'={value} of {name!r} is not a positive multiple of its "
+                         f"{layer.num_heads} heads")
+    if value > layer.channels:
+        raise GlmhaError(f"{where}: C'={value} of {name!r} is larger than the layer's {layer.channels} channels")
+    return value
+
+
+def _empty_glmha(layer: CSALayer, reduced: int, settings: GLMHASettings, name: str, source: str) -> GLMHALayer:
+    try:
+        return empty_glmha_like(layer, reduced, settings)
+    except (GlmhaError, ValueError, TypeError, RuntimeError) as error:
+        raise GlmhaError(f"{source}: damaged glmha metadata: layer {name!r} cannot be built with C'={reduced} "
+                         f"and these settings ({_first_line(error)})") from None
+
+
+def _check_tensors(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor], source: str) -> None:
+    """The file's tensors are exactly the ones the metadata describes, in shape and kind of dtype."""
+    if set(expected) != set(found):
+        missing = sorted(set(expected) - set(found))[:3]
+        unexpected = sorted(set(found) - set(expected))[:3]
+        raise GlmhaError(f"{source}: tensors do not match the metadata (missing {missing}, "
+                         f"unexpected {unexpected})")
+    for key, want in expected.items():
+        have = found[key]
+        if tuple(have.shape) != tuple(want.shape):
+            raise GlmhaError(f"{source}: tensor {key!r} has shape {list(have.shape)}, the metadata describes "
+                             f"{list(want.shape)}")
+        if have.is_floating_point() != want.is_floating_point() or (
+                not want.is_floating_point() and have.dtype != want.dtype):
+            raise GlmhaError(f"{source}: tensor {key!r} has dtype {_dtype_name(have.dtype)}, the model needs "
+                             f"{'floating point' if want.is_floating_point() else _dtype_name(want.dtype)}")
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _check_value_indices(model: RestorationModel, source: str) -> None:
+    """`values: gather` layers index V's channels with a stored buffer; an index out of range would only
+    fail at the first forward pass, far from the damaged file."""
+    for name, layer in model.csa_layers():
+        index = getattr(layer, "v_index", None)
+        if isinstance(index, torch.Tensor) and index.numel() and (
+                int(index.min()) < 0 or int(index.max()) >= layer.channels):
+            raise GlmhaError(f"{source}: tensor '{name}.v_index' holds channel indices outside "
+                             f"0..{layer.channels - 1}")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__

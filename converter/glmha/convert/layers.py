@@ -16,6 +16,7 @@ Why the layers look the way they do (measured in bench/latency.py and bench/cali
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -47,7 +48,12 @@ class GLMHASettings(StrictConfig):
     token_bias: bool = True  # a learnable logit bias per reduced token (merge starts it at log group size)
 
     def __post_init__(self) -> None:
+        """The one check of these values: glmha-convert's options, recipes (`student.*`, via
+        glmha.convert.plan.in_recipe_terms) and export metadata all build this class."""
         super().__post_init__()
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) \
+                or not (math.isfinite(self.alpha) and self.alpha >= 0):
+            raise GlmhaError(f"--alpha must be a finite number >= 0, got {self.alpha!r}")
         if self.pool < 1 or self.kernel < 1 or self.kernel % 2 == 0 or self.grid < 0:
             raise GlmhaError("GLMHA settings: pool must be >= 1, grid >= 0 and kernel an odd number >= 1")
         if self.calibration not in CALIBRATION_FORMS:
@@ -239,6 +245,8 @@ class GLMHASpectralAttention(GLMHALayer):
     head: the kept channels (`values: gather`, an index buffer, no parameters) or a learned d -> d'
     mix (`values: mix`, `v_reduce`); either way the same token set as the reduced keys.
     """
+
+    channels_last = True  # (b, h, w, C), as the MS-MSA it replaces
 
     def __init__(self, channels: int, num_heads: int, reduced: int, settings: GLMHASettings) -> None:
         super().__init__()

@@ -39,8 +39,9 @@ OPTION_FLAGS = {
     "rank_patterns": "--rank-pattern", "target_macs": "--target-macs", "target_params": "--target-params",
     "min_fidelity": "--min-fidelity", "allow_bigger": "--allow-bigger", "energy": "--energy",
     "ratio": "--ratio", "levels": "--levels", "init": "--init", "calibration": "--calibration",
-    "alpha": "--alpha", "seed": "--seed",
+    "alpha": "--alpha", "seed": "--seed", "spectrum": "--spectrum",
 }
+MAX_SEED = 2**32 - 1  # seeds of the new weights (seed + layer index) stay far inside torch's range
 
 
 def in_recipe_terms(message: str, section: str | None = "student") -> str:
@@ -65,16 +66,12 @@ class PlanSettings(StrictConfig):
     allow_bigger: bool = False  # convert layers even where GLMHA costs more than CSA
 
     def __post_init__(self) -> None:
+        """The one check of these values: glmha-convert's options and recipes (`student.*`, reworded by
+        in_recipe_terms) both build this class, so a flag and its recipe key cannot drift apart."""
         super().__post_init__()
-        rules = [name for name in ("energy", "ratio") if getattr(self, name) is not None]
-        if self.has_budget:
-            rules.append("budget")
-        if len(rules) > 1:
-            raise GlmhaError("--energy, --ratio and a budget (--target-macs, --target-params, --min-fidelity) "
-                             f"exclude each other; got {' and '.join(rules)}")
-        if not rules:
-            raise GlmhaError("--energy, --ratio or a budget (--target-macs, --target-params, --min-fidelity): "
-                             "one of them is needed")
+        for key in ("energy", "ratio", *BUDGET_KEYS):
+            _check_number(key, getattr(self, key))
+        self._check_one_rule()
         if self.energy is not None and not 0.0 < self.energy <= 1.0:
             raise GlmhaError(f"--energy must be in (0, 1], got {self.energy}")
         if self.ratio is not None and not 0.0 <= self.ratio < 1.0:
@@ -85,10 +82,29 @@ class PlanSettings(StrictConfig):
                 raise GlmhaError(f"{OPTION_FLAGS[key]} must be a fraction in (0, 1], e.g. 0.88; got {value}")
         if self.min_fidelity is not None and not (math.isfinite(self.min_fidelity) and self.min_fidelity > 0):
             raise GlmhaError(f"--min-fidelity must be a positive number of dB, got {self.min_fidelity}")
-        if self.init not in INIT_METHODS:
-            raise GlmhaError(f"--init must be one of {', '.join(INIT_METHODS)}, got '{self.init}'")
+        if any(not isinstance(level, str) or not level.strip() for level in self.levels):
+            raise GlmhaError(f"--levels: level names must be non-empty, like 1,2 or 3,bottleneck; "
+                             f"got {list(self.levels)}")
         for pattern in self.rank_patterns:
             parse_rank_pattern(pattern)
+        if self.init not in INIT_METHODS:
+            raise GlmhaError(f"--init: expected one of {', '.join(INIT_METHODS)}, got {self.init!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise GlmhaError(f"--seed must be an integer from 0 to {MAX_SEED}, got {self.seed!r}")
+        if not isinstance(self.allow_bigger, bool):
+            raise GlmhaError(f"--allow-bigger must be true or false, got {self.allow_bigger!r}")
+
+    def _check_one_rule(self) -> None:
+        """Exactly one of --energy, --ratio and a budget."""
+        rules = [name for name in ("energy", "ratio") if getattr(self, name) is not None]
+        if self.has_budget:
+            rules.append("budget")
+        if len(rules) > 1:
+            raise GlmhaError("--energy, --ratio and a budget (--target-macs, --target-params, --min-fidelity) "
+                             f"exclude each other; got {' and '.join(rules)}")
+        if not rules:
+            raise GlmhaError("--energy, --ratio or a budget (--target-macs, --target-params, --min-fidelity): "
+                             "one of them is needed")
 
     @property
     def has_budget(self) -> bool:
@@ -104,9 +120,18 @@ class PlanSettings(StrictConfig):
                          if getattr(self, key) is not None)
 
 
+def _check_number(key: str, value: object) -> None:
+    """None or a real number (not a bool, not a string): what the range checks can compare."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise GlmhaError(f"{OPTION_FLAGS[key]} must be a number, got {value!r}")
+
+
 def parse_rank_pattern(text: str) -> tuple[re.Pattern[str], int]:
+    """'REGEX=C' -> (compiled REGEX, C'); C' is a positive integer in ASCII digits."""
+    if not isinstance(text, str):
+        raise GlmhaError(f"--rank-pattern: expected REGEX=C' text, got {text!r}")
     regex, sep, value = text.rpartition("=")
-    if not sep or not regex or not value.strip().isdigit():
+    if not sep or not regex or not re.fullmatch(r"\s*0*[1-9][0-9]*\s*", value):
         raise GlmhaError(f"--rank-pattern '{text}': expected REGEX=C' with C' a positive integer")
     try:
         return re.compile(regex), int(value)

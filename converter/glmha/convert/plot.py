@@ -22,7 +22,7 @@ import torch
 from glmha.convert.plan import ConversionPlan, LayerPlan
 from glmha.convert.spectrum import LayerSpectrum
 from glmha.errors import GlmhaError
-from glmha.io_utils import atomic_write
+from glmha.io_utils import atomic_write, create_folder
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -56,11 +56,9 @@ def plot_spectra(spectra: list[LayerSpectrum], plan: ConversionPlan, out_dir: Pa
     for level in sorted(levels, key=level_sort_key):
         figure = _level_figure(level, levels[level], by_name, plan)
         path = out_dir / plot_file_name(level)
-        try:
+        try:  # atomic_write reports a failed write as a GlmhaError naming the file
             atomic_write(path, lambda tmp, fig=figure: fig.savefig(tmp, format="png", dpi=110,
                                                                    bbox_inches="tight"))
-        except OSError as error:
-            raise GlmhaError(f"cannot write {path}: {error.strerror or error}") from None
         finally:
             figure.clear()  # drops the artists now rather than at garbage collection
         written.append(path)
@@ -68,12 +66,8 @@ def plot_spectra(spectra: list[LayerSpectrum], plan: ConversionPlan, out_dir: Pa
 
 
 def _prepare_folder(out_dir: Path) -> Path:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise GlmhaError(f"plot folder {out_dir}: exists and is not a folder")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise GlmhaError(f"plot folder {out_dir}: cannot be created ({error.strerror or error})") from None
+    """The plot folder, created if needed, with files proven writable in it."""
+    create_folder(out_dir, what="plot folder")
     return out_dir
 
 
@@ -191,8 +185,6 @@ def plot_fidelity(curves: dict, out_dir: Path) -> Path:
     path = out_dir / FIDELITY_PLOT
     try:
         atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
-    except OSError as error:
-        raise GlmhaError(f"cannot write {path}: {error.strerror or error}") from None
     finally:
         figure.clear()
     return path

@@ -29,6 +29,7 @@ from torch import nn
 from glmha.archs.base import CSALayer
 from glmha.archs.restormer import RestormerAttention
 from glmha.archs.spectral_blocks import MaskedSpectralAttention, SpectralAttention
+from glmha.errors import GlmhaError
 from glmha.runtime import single_thread
 
 ENERGY_TOLERANCE = 1e-12
@@ -119,10 +120,15 @@ def pivoted_order(gram: np.ndarray | torch.Tensor) -> list[int]:
 SPECTRUM_MODES = ("operator", "pointwise")
 
 
+def check_spectrum_mode(mode: object) -> None:
+    """--spectrum / `student.spectrum`: one of SPECTRUM_MODES."""
+    if mode not in SPECTRUM_MODES:
+        raise GlmhaError(f"--spectrum: expected one of {', '.join(SPECTRUM_MODES)}, got {mode!r}")
+
+
 def weight_grams(layer: CSALayer, mode: str = "operator") -> list[torch.Tensor]:
     """Per-head Gram matrices of the joint key/value generator rows, from the weights alone."""
-    if mode not in SPECTRUM_MODES:
-        raise ValueError(f"unknown spectrum mode '{mode}'")
+    check_spectrum_mode(mode)
     c, heads = layer.channels, layer.num_heads
     d = c // heads
     with torch.no_grad():

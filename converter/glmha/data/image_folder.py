@@ -85,10 +85,41 @@ def _load_pixels(path: Path, channels: int) -> np.ndarray:
     return decode_image(path, channels, f"calibration image {path}")
 
 
-def _failure(error: Exception) -> str:
-    """Pillow's exception as a short parenthesis: its type and first line."""
+def _failure(error: Exception, path: Path) -> str:
+    """Why Pillow could not read `path`, as a short parenthesis: the file's own state first (empty,
+    permission denied), then Pillow's exception type and first line. The caller names the file, so
+    the path Pillow repeats in its messages is left out."""
+    from PIL import UnidentifiedImageError
+
+    if _is_empty(path):
+        return "(empty file)"
+    if isinstance(error, UnidentifiedImageError):
+        return "(not an image format Pillow recognises)"
+    if isinstance(error, OSError) and error.strerror:
+        return f"({error.strerror})"
     first = str(error).splitlines()[0] if str(error) else "no details"
     return f"({type(error).__name__}: {first})"
+
+
+def _is_empty(path: Path) -> bool:
+    try:
+        return Path(path).stat().st_size == 0
+    except OSError:
+        return False
+
+
+def check_image(path: Path, what: str) -> tuple[int, int]:
+    """(H, W) after decoding every pixel, so a truncated or damaged file fails here, before a long job
+    meets it (the header alone, as `image_size` reads it, is intact in a cut-off download)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            width, height = image.size
+    except Exception as error:  # Pillow raises many types for corrupt data (OSError, SyntaxError, ...)
+        raise GlmhaError(f"{what}: cannot be read {_failure(error, path)}") from None
+    return height, width
 
 
 def image_size(path: Path, what: str) -> tuple[int, int]:
@@ -99,7 +130,7 @@ def image_size(path: Path, what: str) -> tuple[int, int]:
         with Image.open(path) as image:
             width, height = image.size
     except Exception as error:  # Pillow raises many types for corrupt headers
-        raise GlmhaError(f"{what}: cannot be read {_failure(error)}") from None
+        raise GlmhaError(f"{what}: cannot be read {_failure(error, path)}") from None
     return height, width
 
 
@@ -125,5 +156,5 @@ def decode_image(path: Path, channels: int, what: str) -> np.ndarray:
     except GlmhaError:
         raise
     except Exception as error:  # Pillow raises many types for corrupt data (OSError, SyntaxError, ...)
-        raise GlmhaError(f"{what}: cannot be read {_failure(error)}") from None
+        raise GlmhaError(f"{what}: cannot be read {_failure(error, path)}") from None
     return np.asarray(converted, dtype=np.float32) / np.float32(255.0)  # (H, W) or (H, W, 3)

@@ -4,7 +4,8 @@ Why this layout: a checkpoint is written into `.partial-step_N/` (Accelerate's `
 optimizer, scheduler, RNG of every process), then our `trainer_state.json` and the resolved recipe,
 then the `COMPLETE` marker, and only then renamed to `step_N/`. A crash at any point leaves either a
 `.partial-*` folder, which is never loaded and is removed by the next run, or a complete one. Only
-the last `keep` complete checkpoints are kept.
+the last `keep` complete checkpoints are kept. Before a resume, the files of the checkpoint are
+checked (present, whole, well-formed), so a damaged one is refused in one line that names the file.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import json
 import os
 import re
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
-from glmha.errors import GlmhaError
+from glmha.errors import CheckpointError
 
 MARKER = "COMPLETE"
 STATE_FILE = "trainer_state.json"
@@ -57,17 +59,91 @@ def remove_partials(root: Path) -> list[Path]:
     return removed
 
 
+MODEL_FILE = "model.safetensors"
+TORCH_FILES = ("optimizer.bin", "scheduler.bin")  # torch.save zip archives written by Accelerate
+_STATE_TYPES: dict[str, tuple[type, ...]] = {  # trainer_state.json: key -> allowed JSON types
+    "step": (int,), "history": (list,), "file_sha256": (dict,), "num_processes": (int,),
+    "best_step": (int, type(None)), "best": (dict, type(None)), "teacher_scores": (dict, type(None)),
+    "converted_scores": (dict, type(None)),
+}
+_OPTIONAL_STATE = frozenset({"best_step", "best", "teacher_scores", "converted_scores"})
+_JSON_NAMES = {int: "an integer", list: "a list", dict: "an object", type(None): "null"}
+
+
+class DamagedCheckpoint(CheckpointError):
+    """A complete-looking checkpoint whose files are missing, cut off or corrupt."""
+
+
+def damaged(path: Path, problem: str) -> DamagedCheckpoint:
+    """The one-line refusal for a damaged checkpoint file, with the way out."""
+    return DamagedCheckpoint(f"cannot resume from {path}: {problem}; rerun with --restart to start over "
+                             f"(this deletes the run's checkpoints)")
+
+
 def read_state(folder: Path) -> dict[str, Any]:
+    """trainer_state.json, checked key by key (a hand-edited or damaged file would otherwise fail
+    deep in training with a TypeError)."""
+    path = folder / STATE_FILE
     try:
-        return json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise GlmhaError(f"checkpoint {folder}: {STATE_FILE} cannot be read ({error})") from None
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise damaged(path, f"cannot be read ({error.strerror or error})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise damaged(path, f"not valid JSON ({str(error).splitlines()[0]})") from None
+    if not isinstance(state, dict):
+        raise damaged(path, f"expected a JSON object, found {type(state).__name__}")
+    for key, types in _STATE_TYPES.items():
+        if key not in state and key in _OPTIONAL_STATE:
+            continue
+        value = state.get(key)
+        if key not in state or isinstance(value, bool) or not isinstance(value, types):
+            found = "nothing" if key not in state else f"{type(value).__name__} {value!r}"[:60]
+            raise damaged(path, f"{key!r} should be {' or '.join(_JSON_NAMES[t] for t in types)}, found {found}")
+    match = _STEP_DIR.fullmatch(folder.name)
+    if match and state["step"] != int(match.group(1)):
+        raise damaged(path, f"records step {state['step']}, but the folder is {folder.name}")
+    return state
 
 
 def read_saved_recipe(folder: Path) -> dict[str, Any]:
+    """The recipe a checkpoint was written with (a mapping), for comparing with the current one."""
     import yaml
 
-    return yaml.safe_load((folder / RECIPE_FILE).read_text(encoding="utf-8"))
+    path = folder / RECIPE_FILE
+    try:
+        recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise damaged(path, f"cannot be read ({error.strerror or error})") from None
+    except (UnicodeDecodeError, yaml.YAMLError) as error:
+        raise damaged(path, f"not valid YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(recipe, dict):
+        raise damaged(path, f"expected a mapping, found {type(recipe).__name__}")
+    return recipe
+
+
+def check_files(folder: Path, processes: int) -> None:
+    """Every file `accelerator.load_state` will read is present and whole: the model's safetensors
+    header must cover the file exactly (what a cut-off write breaks), and the optimizer, scheduler
+    and per-process random states must be intact zip archives (torch.save's format)."""
+    from safetensors import SafetensorError, safe_open
+
+    names = [MODEL_FILE, *TORCH_FILES, *(f"random_states_{rank}.pkl" for rank in range(processes))]
+    for name in names:
+        path = folder / name
+        if not path.is_file():
+            raise damaged(path, "missing")
+        if path.stat().st_size == 0:
+            raise damaged(path, "empty file")
+    model = folder / MODEL_FILE
+    try:
+        with safe_open(str(model), framework="pt"):
+            pass
+    except (SafetensorError, OSError) as error:
+        detail = str(error).replace("Error while deserializing header: ", "").splitlines()[0]
+        raise damaged(model, f"truncated or corrupt ({detail})") from None
+    for name in names[1:]:
+        if not zipfile.is_zipfile(folder / name):
+            raise damaged(folder / name, "truncated or corrupt (not a complete torch.save archive)")
 
 
 def _write_synced(path: Path, text: str) -> None:

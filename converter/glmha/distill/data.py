@@ -14,8 +14,11 @@ degraded on the fly) and {samples, degrade} (the offline scikit-image photos, de
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from os import PathLike
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,7 +29,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from glmha.data.degrade import DegradeSpec, degrade, margin, seeded_generator
-from glmha.data.image_folder import decode_image, find_images, image_size
+from glmha.data.image_folder import check_image, decode_image, find_images, image_size
 from glmha.errors import GlmhaError
 
 IMAGE_CHANNELS = (1, 3)
@@ -136,6 +139,29 @@ class ImageSource:
             raise GlmhaError(_size_mismatch(self.where, self._inputs[index], tuple(image.shape[-2:]),
                                             self._targets[index], tuple(target.shape[-2:])))
         return image, target
+
+    def labelled_files(self) -> list[tuple[Path, str]]:
+        """Every file this source reads, with the label its errors start with (as `read` words them)."""
+        keyed = (("inputs", self._inputs), ("targets", self._targets), ("clean", self._clean))
+        return [(path, f"{self.where}.{key}: image {path}") for key, paths in keyed for path in paths or ()]
+
+    def verify(self, threads: int | None = None) -> None:
+        """Decode every file once, so a damaged one stops the run before it starts (a truncated file
+        has an intact header, which is all `open_source` reads). Pillow decodes outside the GIL, so a
+        few threads share the work; the first bad file (inputs before targets, each in name order) is
+        reported."""
+        files = self.labelled_files()
+        if not files:
+            return
+        workers = max(1, min(len(files), threads or min(8, os.cpu_count() or 1)))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            checks = [pool.submit(check_image, path, what) for path, what in files]
+            try:
+                for check in checks:
+                    check.result()
+            finally:
+                for check in checks:  # after a failure, the files not started yet are not decoded
+                    check.cancel()
 
     def _decode(self, path: Path, key: str) -> torch.Tensor:
         pixels = decode_image(path, self.channels, f"{self.where}.{key}: image {path}")  # (H, W) or (H, W, 3)
@@ -439,3 +465,41 @@ def crop_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Undo `pad_to_multiple`: keep the top-left (H, W) of (..., H', W')."""
     height, width = size
     return x[..., :height, :width]
+
+
+# -- DataLoader workers ---------------------------------------------------------------------------------
+
+_WORKER_HEADER = re.compile(r"Caught \w+ in DataLoader worker process \d+\.?")
+
+
+def unwrap_worker_error(error: GlmhaError) -> GlmhaError:
+    """The user's one-line error from a `GlmhaError` that a DataLoader worker raised.
+
+    PyTorch re-raises a worker's exception in the main process as the same class, built from a
+    message "Caught X in DataLoader worker process N." plus the worker's whole traceback, whose last
+    line is "module.X: <our message>". That last line is the message the worker raised, so it is
+    recovered from there; any other error is returned unchanged."""
+    text = str(error)
+    first, _, rest = text.partition("\n")
+    if not _WORKER_HEADER.fullmatch(first.strip()) or not rest:
+        return error
+    last = rest.rstrip("\n").rsplit("\n", 1)[-1]
+    kind = type(error)
+    for prefix in (f"{kind.__module__}.{kind.__qualname__}: ", f"{kind.__qualname__}: "):
+        if last.startswith(prefix):
+            return kind(last[len(prefix):])
+    return error
+
+
+def stop_workers(loader: object) -> None:
+    """Stop the worker processes of a DataLoader with persistent workers now, rather than leave them to
+    the interpreter's exit, which terminates them: each terminated worker leaves its `pymp-*` folder
+    in the temp directory. Accelerate's wrapper keeps the PyTorch DataLoader in `base_dataloader`;
+    `_shutdown_workers` is what PyTorch's iterator itself calls when it is deleted."""
+    base = getattr(loader, "base_dataloader", loader)
+    iterator = getattr(base, "_iterator", None)
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if callable(shutdown):
+        shutdown()
+    if iterator is not None:
+        base._iterator = None

@@ -31,7 +31,16 @@ from glmha.convert.initialise import CALIBRATED_INITS
 from glmha.convert.plan import in_recipe_terms
 from glmha.data.degrade import seeded_generator
 from glmha.distill import checkpointing
-from glmha.distill.data import TrainPatches, ValImages, centre_crop, check_patch_size, open_source, stable_seed
+from glmha.distill.data import (
+    TrainPatches,
+    ValImages,
+    centre_crop,
+    check_patch_size,
+    open_source,
+    stable_seed,
+    stop_workers,
+    unwrap_worker_error,
+)
 from glmha.distill.evaluate import Evaluator, Scores, default_selection
 from glmha.distill.losses import FeatureTap, distance_fn, feature_loss, feature_points
 from glmha.distill.optim import build_optimizer, build_scheduler, select_trainable
@@ -52,6 +61,7 @@ from glmha.report import describe
 
 STUDENT_FILE = "student.safetensors"
 LOG_FILE = "log.csv"
+_ADVICE = "Lower train.lr or set train.max_grad_norm"  # what a diverging run needs
 
 
 class TrainingDiverged(GlmhaError):
@@ -230,14 +240,17 @@ def _check_data_fits(recipe: Recipe, teacher: RestorationModel) -> None:
 
 
 def _open_data(recipe: Recipe, teacher: RestorationModel, split: str):
-    """The source of one split, image or spectral, with its training-time checks."""
+    """The source of one split, image or spectral, with its training-time checks; every file is
+    checked here, before the run folder exists, so a damaged one costs seconds and leaves nothing."""
     spec: SourceSection = getattr(recipe.data, split)
     where = f"data.{split}"
     if spec.spectral:
-        return open_spectral_source(spec, where=where, bands=teacher.output_channels, training=split == "train")
-    source = open_source(spec, channels=teacher.input_channels, where=where)
-    if split == "train":
-        check_patch_size(source, recipe.data.patch_size)
+        source = open_spectral_source(spec, where=where, bands=teacher.output_channels, training=split == "train")
+    else:
+        source = open_source(spec, channels=teacher.input_channels, where=where)
+        if split == "train":
+            check_patch_size(source, recipe.data.patch_size)
+    source.verify()
     return source
 
 
@@ -253,6 +266,7 @@ class Distillation:
         self.progress = progress
         self._say = say or (lambda text: print(text, flush=True))
         self.accelerator = None  # set by run(); until then every process speaks
+        self._loaders: list = []  # every DataLoader made, so that their worker processes can be stopped
         if stop_at is not None and stop_at < 1:
             raise GlmhaError(f"--stop-at must be a positive step, got {stop_at}")
 
@@ -285,6 +299,33 @@ class Distillation:
         ), trackers
 
     def run(self) -> RunResult:
+        """Run or resume the recipe. A run that fails before its first complete checkpoint removes the
+        run folder it created (nothing there could be resumed), and an error raised in a DataLoader
+        worker reaches the caller as the worker's own one-line message."""
+        run_dir = self.recipe.run_dir
+        existed = run_dir.exists()
+        self._loaders = []
+        try:
+            return self._run()
+        except BaseException as error:
+            if not existed:
+                self._discard_unfinished(run_dir)
+            plain = unwrap_worker_error(error) if isinstance(error, GlmhaError) else error
+            if plain is not error:
+                raise plain from None
+            raise
+        finally:
+            for loader in self._loaders:
+                stop_workers(loader)
+
+    def _discard_unfinished(self, run_dir: Path) -> None:
+        """Remove a run folder this run created when it holds no complete checkpoint."""
+        if self.accelerator is not None and not self.accelerator.is_main_process:
+            return
+        if run_dir.is_dir() and not checkpointing.complete_checkpoints(checkpointing.checkpoint_root(run_dir)):
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+    def _run(self) -> RunResult:
         from accelerate.utils import set_seed
 
         recipe = self.recipe
@@ -302,15 +343,15 @@ class Distillation:
         if resume is not None:
             state = self._check_resumable(resume, files, accelerator.num_processes)
 
-        set_seed(recipe.train.seed)
         _check_data_fits(recipe, teacher)
+        train_source = _open_data(recipe, teacher, "train")
+        val_source = _open_data(recipe, teacher, "val")
+        set_seed(recipe.train.seed)
         student = build_student(recipe, teacher, self.say)
         teacher.to(accelerator.device).eval().requires_grad_(False)
         student.to(accelerator.device).train()
         params = select_trainable(student, recipe.train.trainable)
 
-        train_source = _open_data(recipe, teacher, "train")
-        val_source = _open_data(recipe, teacher, "val")
         micro_batches = recipe.train.steps * recipe.train.grad_accum * accelerator.num_processes
         patches = SpectralPatches if recipe.data.train.spectral else TrainPatches
         train_set = patches(train_source, patch_size=recipe.data.patch_size,
@@ -323,12 +364,16 @@ class Distillation:
         workers = recipe.data.workers
         train_loader = DataLoader(train_set, batch_size=recipe.data.batch_size, shuffle=False, drop_last=True,
                                   num_workers=workers, persistent_workers=workers > 0)
-        val_loader = DataLoader(val_set, batch_size=1, shuffle=False, num_workers=workers)
+        # persistent workers: kept in the loader, where `stop_workers` finds them however the run ends
+        val_loader = DataLoader(val_set, batch_size=1, shuffle=False, num_workers=workers,
+                                persistent_workers=workers > 0)
+        self._loaders += [train_loader, val_loader]
 
         optimizer = build_optimizer(params, recipe.train)
         scheduler = build_scheduler(optimizer, recipe.train, accelerator.num_processes)
         model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
             student, optimizer, train_loader, val_loader, scheduler)
+        self._loaders += [train_loader, val_loader]
         student = accelerator.unwrap_model(model)
 
         points = feature_points(student) if recipe.loss.features > 0 else []
@@ -347,7 +392,7 @@ class Distillation:
             return self._dry_run(teacher, student)
 
         if resume is not None:
-            accelerator.load_state(str(resume[1]))
+            _load_state(accelerator, resume[1])
             self.say(f"resuming from {resume[1]} (step {state.step} of {recipe.train.steps})")
         elif accelerator.is_main_process:
             if self.restart and root.exists():
@@ -380,6 +425,7 @@ class Distillation:
     def _check_resumable(self, resume: tuple[int, Path], files: dict[str, str], processes: int) -> RunState:
         step, folder = resume
         saved = checkpointing.read_state(folder)
+        checkpointing.check_files(folder, saved["num_processes"])
         differences = resume_differences(checkpointing.read_saved_recipe(folder), self.recipe.to_dict())
         saved_files = saved.get("file_sha256", {})
         for key, digest in files.items():
@@ -390,9 +436,9 @@ class Distillation:
             differences.append(f"processes: {saved.get('num_processes')} -> {processes}")
         if differences:
             raise RecipeError(
-                f"cannot resume from {folder} (step {step}): the recipe changed in a way that alters "
-                f"training:\n  " + "\n  ".join(differences) +
-                "\nrestore these values, or rerun with --restart to start over (that deletes the checkpoints)")
+                f"run folder {self.recipe.run_dir} was made by a different recipe; cannot resume from its step "
+                f"{step} checkpoint {folder}: restore the {len(differences)} value(s) below, or rerun with "
+                f"--restart to start over (this deletes the run's checkpoints)\n  " + "\n  ".join(differences))
         fields = {f.name for f in dataclasses.fields(RunState)}
         return RunState(**{k: v for k, v in saved.items() if k in fields})
 
@@ -442,7 +488,10 @@ class Distillation:
     def _batches(self, start_step: int) -> Iterator[dict[str, torch.Tensor]]:
         loader = self.parts["train_loader"]
         skip = start_step * self.recipe.train.grad_accum
-        return iter(self.accelerator.skip_first_batches(loader, skip) if skip else loader)
+        if skip:
+            loader = self.accelerator.skip_first_batches(loader, skip)
+            self._loaders.append(loader)  # its persistent workers are stopped with the others
+        return iter(loader)
 
     def _train(self, state: RunState, files: dict[str, str], resumed: tuple[int, Path] | None) -> RunResult:
         recipe, accelerator, parts = self.recipe, self.accelerator, self.parts
@@ -453,6 +502,10 @@ class Distillation:
         last_saved: Path | None = resumed[1] if resumed else None
 
         def save(step: int) -> Path:
+            broken = _first_nonfinite(parts["student"])
+            if broken is not None:
+                raise TrainingDiverged(f"the student's weights are not finite at step {step} ({broken} holds NaN "
+                                       f"or Inf); stopped without saving. {_last_good(last_saved)}. {_ADVICE}")
             payload = {**dataclasses.asdict(state), "step": step, "file_sha256": files,
                        "num_processes": accelerator.num_processes}
             return checkpointing.save_checkpoint(accelerator, root, step, payload, recipe_to_yaml(recipe),
@@ -462,6 +515,11 @@ class Distillation:
             model.eval()
             scores = evaluator.evaluate(parts["student"])
             model.train()
+            if scores.nonfinite:
+                raise TrainingDiverged(
+                    f"step {step}: the student's output is not finite (NaN or Inf) on {scores.nonfinite} of "
+                    f"{scores.images} validation images; stopped without exporting it. {_last_good(last_saved)}. "
+                    f"{_ADVICE}")
             state.history.append({"step": step, **scores.to_json()})
             accelerator.log(scores.log_values(), step=step)
             best = Scores.from_json(state.best) if state.best else None
@@ -496,7 +554,7 @@ class Distillation:
                         accelerator.backward(loss)
                         if accelerator.sync_gradients and train.max_grad_norm is not None:
                             accelerator.clip_grad_norm_(model.parameters(), train.max_grad_norm)
-                        optimizer.step()
+                        _optimizer_step(optimizer, step + 1, last_saved)
                         scheduler.step()
                         optimizer.zero_grad()
                     for key, value in {"loss": float(loss.detach()), **terms}.items():
@@ -511,9 +569,8 @@ class Distillation:
                 means = (float(v) / accelerator.num_processes for v in shared[:-1].tolist())
                 values = dict(zip(keys, means, strict=True))
                 if not math.isfinite(values["loss"]):
-                    raise TrainingDiverged(
-                        f"loss is {values['loss']} at step {step}; stopped. Last good checkpoint: "
-                        f"{last_saved if last_saved else 'none (no checkpoint was written yet)'}")
+                    raise TrainingDiverged(f"loss is {values['loss']} at step {step}; stopped. "
+                                           f"{_last_good(last_saved)}")
                 if step % 10 == 0 or step == train.steps:  # training throughput, evaluation excluded
                     values["samples_per_s"] = window_samples / max(window_seconds, 1e-9)
                     window_seconds, window_samples = 0.0, 0
@@ -562,6 +619,43 @@ class Distillation:
                                    extra={"steps": recipe.train.steps, "best_step": state.best_step,
                                           "history": state.history})
         return markdown or ""
+
+
+def _load_state(accelerator, folder: Path) -> None:
+    """`accelerator.load_state`, with any failure of a file the checks let through (a damaged pickle
+    inside a whole archive) as the one-line damaged-checkpoint refusal."""
+    try:
+        accelerator.load_state(str(folder))
+    except GlmhaError:
+        raise
+    except Exception as error:  # torch.load and safetensors raise many types
+        first = str(error).splitlines()[0] if str(error) else "no details"
+        raise checkpointing.damaged(folder, f"cannot be loaded ({type(error).__name__}: {first})") from None
+
+
+def _optimizer_step(optimizer, step: int, last_saved: Path | None) -> None:
+    """`optimizer.step()`; an update too large for float32 (PyTorch refuses to convert the step size,
+    as with train.lr 1e39) stops the run like a diverged loss."""
+    try:
+        optimizer.step()
+    except RuntimeError as error:
+        if "without overflow" not in str(error):
+            raise
+        lr = optimizer.param_groups[0]["lr"]
+        raise TrainingDiverged(f"the optimizer's update at step {step} overflows float32 (learning rate {lr:g}); "
+                               f"stopped. {_last_good(last_saved)}. Lower train.lr") from None
+
+
+def _first_nonfinite(model: torch.nn.Module) -> str | None:
+    """The name of the first floating-point tensor of `model` holding NaN or Inf, if any."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
+
+
+def _last_good(last_saved: Path | None) -> str:
+    return f"Last good checkpoint: {last_saved if last_saved else 'none (no checkpoint was written yet)'}"
 
 
 def _reset_single_process_state() -> None:

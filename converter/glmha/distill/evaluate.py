@@ -32,6 +32,7 @@ class Scores:
 
     values: dict[str, float | None]
     images: int
+    nonfinite: int = 0  # images on which the scored model's output held NaN or Inf (not saved in JSON)
 
     def reference(self, metric: str) -> str:
         """"gt" when `metric` was measured against ground truth, else "teacher"."""
@@ -93,17 +94,21 @@ class Evaluator:
         self.functions = metric_functions(self.metrics, spectral)
         self.spectral = spectral
         self.border = border
-        self._teacher_outputs: dict[int, torch.Tensor] = {}
+        self._teacher_outputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # index -> (output, flag)
 
     @torch.no_grad()
-    def _outputs(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _outputs(self, model: torch.nn.Module,
+                 batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the output as scored, (b,) float64 1.0 where the raw output held NaN or Inf). The flag is
+        taken before clamping, which would turn +Inf into a plausible white image."""
         inputs = batch["input"]
         extra = (batch["mask"],) if "mask" in batch else ()
         padded, size = pad_to_multiple(inputs, self.multiple) if not extra else (inputs, inputs.shape[-2:])
         with self.accelerator.autocast():
             out = model(padded, *extra)
         out = crop_to(out.float(), tuple(size))
-        return out if self.spectral else out.clamp(0.0, 1.0)
+        broken = (~torch.isfinite(out)).flatten(1).any(dim=1).to(torch.float64)  # (b,)
+        return (out if self.spectral else out.clamp(0.0, 1.0)), broken
 
     def _scored(self, x: torch.Tensor) -> torch.Tensor:
         if self.border == 0:
@@ -122,26 +127,29 @@ class Evaluator:
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module | None) -> Scores:
         """Scores of `model`; `model=None` scores the teacher itself against ground truth."""
-        rows = []
-        for batch in self.loader:
-            index = int(batch["index"][0])
-            cached = self._teacher_outputs.get(index)
-            if cached is None:
-                teacher_out = self._outputs(self.teacher, batch)
-                self._teacher_outputs[index] = teacher_out.cpu()  # host memory: val sets can be large
-            else:
-                teacher_out = cached.to(batch["input"].device)
-            pred = teacher_out if model is None else self._outputs(model, batch)
-            values = self._per_image(pred, batch.get("target"))
-            values += self._per_image(pred, None if model is None else teacher_out)
-            rows.append(torch.stack(values, dim=1))  # (b, 2 * metrics)
-        width = 2 * len(self.metrics)
+        rows = [self._row(model, batch) for batch in self.loader]  # (b, 2 * metrics + 1) each
+        width = 2 * len(self.metrics) + 1
         local = torch.cat(rows) if rows else torch.empty(0, width, dtype=torch.float64,
                                                          device=self.accelerator.device)
-        everything = self.accelerator.gather_for_metrics(local)  # (images, 2 * metrics)
+        everything = self.accelerator.gather_for_metrics(local)  # (images, 2 * metrics + 1)
         names = [f"{m}_gt" for m in self.metrics] + [f"{m}_teacher" for m in self.metrics]
         values = {name: _mean(everything[:, i]) for i, name in enumerate(names)}
-        return Scores(values, images=int(everything.shape[0]))
+        return Scores(values, images=int(everything.shape[0]), nonfinite=int(everything[:, -1].sum()))
+
+    def _row(self, model: torch.nn.Module | None, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(b, 2 * metrics + 1): the scores against ground truth, against the teacher, and the flag of
+        a non-finite output of the model scored (the teacher's own when `model` is None)."""
+        index = int(batch["index"][0])
+        cached = self._teacher_outputs.get(index)
+        if cached is None:
+            teacher_out, teacher_broken = self._outputs(self.teacher, batch)
+            self._teacher_outputs[index] = (teacher_out.cpu(), teacher_broken.cpu())  # host memory
+        else:
+            teacher_out, teacher_broken = (x.to(batch["input"].device) for x in cached)
+        pred, broken = (teacher_out, teacher_broken) if model is None else self._outputs(model, batch)
+        values = self._per_image(pred, batch.get("target"))
+        values += self._per_image(pred, None if model is None else teacher_out)
+        return torch.stack([*values, broken.to(pred.device)], dim=1)
 
 
 def _mean(column: torch.Tensor) -> float | None:

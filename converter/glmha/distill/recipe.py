@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from glmha.config import StrictConfig, _describe
-from glmha.convert.initialise import INIT_METHODS
 from glmha.convert.layers import GLMHASettings
 from glmha.convert.plan import BUDGET_KEYS, DEFAULT_ENERGY, PlanSettings, in_recipe_terms
-from glmha.convert.spectrum import SPECTRUM_MODES
+from glmha.convert.spectrum import check_spectrum_mode
 from glmha.data.degrade import DEGRADATIONS
 from glmha.errors import GlmhaError
 
@@ -40,6 +39,11 @@ class RecipeError(GlmhaError):
 def _positive(where: str, value: float | int, *, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero) or (isinstance(value, float) and not math.isfinite(value)):
         raise RecipeError(f"{where}: must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def _level_name(level: Any) -> Any:
+    """`levels: [1, 2]` names levels as `--levels 1,2` does (YAML reads the bare names as integers)."""
+    return str(level) if isinstance(level, int) and not isinstance(level, bool) else level
 
 
 @dataclass(frozen=True)
@@ -62,17 +66,13 @@ class StudentSection(StrictConfig):
     seed: int = 0
 
     def __post_init__(self) -> None:
+        """No check of its own: the settings classes glmha-convert builds from its options judge every
+        value, so a recipe key and its command-line flag refuse the same values with the same rule."""
         super().__post_init__()
-        if self.init not in INIT_METHODS:
-            raise RecipeError(f"init: expected one of {', '.join(INIT_METHODS)}, got {self.init!r}")
-        if self.spectrum not in SPECTRUM_MODES:
-            raise RecipeError(f"spectrum: expected one of {', '.join(SPECTRUM_MODES)}, got {self.spectrum!r}")
-        _positive("alpha", self.alpha, allow_zero=True)
         try:
+            check_spectrum_mode(self.spectrum)
             self.plan_settings()
             self.glmha_settings()
-        except RecipeError:
-            raise
         except GlmhaError as error:  # the planner speaks in CLI flags; say it in recipe keys
             raise RecipeError(in_recipe_terms(str(error), section=None)) from None
 
@@ -89,6 +89,8 @@ class StudentSection(StrictConfig):
                 data = {k: v for k, v in data.items() if k == "path" or k not in known}  # unknown keys still fail
             elif "energy" not in data and any(data.get(k) is not None for k in ("ratio", *BUDGET_KEYS)):
                 data["energy"] = None  # a ratio or a budget given alone replaces the default energy
+            if isinstance(data.get("levels"), list):
+                data["levels"] = [_level_name(level) for level in data["levels"]]
         return super().from_dict(data, where=where)
 
     def to_dict(self) -> dict[str, Any]:

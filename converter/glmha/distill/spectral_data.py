@@ -11,6 +11,7 @@ measurement and ground truth always agree. As for images, training item i is a p
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,10 +47,78 @@ class SpectralSource:
             item = self.reader.read(index)
         except GlmhaError as error:
             raise GlmhaError(f"{self.where}: {error}") from None
+        except Exception as error:  # a reader library's own exception type (h5py, scipy, Pillow)
+            raise GlmhaError(f"{self.where}: {self.files(index)}: cannot be read {_failure(error)}") from None
         if self.kind == "rgb":
             rgb, cube = item
             return torch.as_tensor(np.ascontiguousarray(rgb)), torch.as_tensor(np.ascontiguousarray(cube))
         return None, torch.as_tensor(np.ascontiguousarray(item))
+
+    def files(self, index: int) -> str:
+        """The file(s) scene `index` is read from, for messages: the readers differ in what they keep."""
+        name = self.names[index]
+        if hasattr(self.reader, "paths"):  # SCI scenes: one .mat each
+            return str(self.reader.paths[index])
+        if hasattr(self.reader, "cube_path"):  # NTIRE 2022: an RGB image and a cube
+            return f"{self.reader.rgb_path(name)} and {self.reader.cube_path(name)}"
+        return f"scene {name}"
+
+    def verify(self) -> None:
+        """Check every scene before the run starts, so a damaged file stops it with one line instead of
+        failing mid-training (or inside a DataLoader worker). CAVE/KAIST scenes are read whole (a
+        MATLAB v5 file shows a cut-off only when read; such sets hold tens of scenes). NTIRE 2022
+        has hundreds of 30 MB cubes, so each RGB image is decoded and each cube's HDF5 header checked:
+        HDF5 compares the file's length with the length it recorded, so a cut-off file fails to
+        open. Synthetic scenes have no files."""
+        from glmha.spectral.readers import Ntire2022Split
+
+        if isinstance(self.reader, _SyntheticScenes):
+            return
+        for index in range(len(self)):
+            if isinstance(self.reader, Ntire2022Split):
+                self._check_ntire_scene(index)
+            else:
+                self.read(index)
+
+    def _check_ntire_scene(self, index: int) -> None:
+        """The RGB image decoded, the cube's header read: dataset `cube`, bands first, same size."""
+        name = self.names[index]
+        try:
+            rgb = self.reader.read_rgb(name)  # (3, H, W)
+            cube_path = self.reader.cube_path(name)
+            height, width = _hdf5_cube_size(cube_path, self.bands)
+        except GlmhaError as error:
+            raise GlmhaError(f"{self.where}: {error}") from None
+        except Exception as error:  # Pillow's rarer exception types
+            raise GlmhaError(f"{self.where}: {self.files(index)}: cannot be read {_failure(error)}") from None
+        if tuple(rgb.shape[1:]) != (height, width):
+            raise GlmhaError(f"{self.where}: {self.reader.rgb_path(name)} is {rgb.shape[1]}x{rgb.shape[2]} but "
+                             f"{cube_path} is {height}x{width} (H x W)")
+
+
+def _hdf5_cube_size(path: Path, bands: int) -> tuple[int, int]:
+    """(H, W) of the `cube` dataset of an NTIRE 2022 MATLAB v7.3 file, from its header (h5py sees
+    MATLAB's H x W x C as (C, W, H)); the messages match glmha.spectral.readers."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as handle:
+            dataset = handle.get("cube")
+            found = ", ".join(sorted(handle)) or "none"
+            shape = tuple(dataset.shape) if isinstance(dataset, h5py.Dataset) else None
+    except OSError as error:
+        raise GlmhaError(f"{path}: not a readable MATLAB v7.3 (HDF5) file ({error})") from None
+    if shape is None:
+        raise GlmhaError(f"{path}: no dataset 'cube' (found: {found})")
+    if len(shape) != 3 or shape[0] != bands:
+        raise GlmhaError(f"{path}: 'cube' has shape {shape} as stored (C, W, H); expected {bands} bands first")
+    return shape[2], shape[1]
+
+
+def _failure(error: Exception) -> str:
+    """A library exception as a short parenthesis: its type and first line."""
+    first = str(error).splitlines()[0] if str(error) else "no details"
+    return f"({type(error).__name__}: {first})"
 
 
 class _SyntheticScenes:

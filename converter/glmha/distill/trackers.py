@@ -7,6 +7,7 @@ drops the rows logged after the checkpoint it resumes from, so the log reads lik
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 from accelerate.tracking import GeneralTracker
 
 from glmha.errors import GlmhaError
+from glmha.io_utils import atomic_write
 
 TRAIN_COLUMNS = ("loss", "loss_output", "loss_features", "loss_gt", "lr", "samples_per_s")
 
@@ -44,11 +46,14 @@ class CSVTracker(GeneralTracker):
             with self.path.open(newline="", encoding="utf-8") as handle:
                 kept = [row for row in csv.DictReader(handle) if _step_of(row) <= resume_step]
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = self.path.open("w", newline="", encoding="utf-8")
+        # the kept rows are rewritten to a temporary file and renamed: a kill during the rewrite loses nothing
+        start = io.StringIO(newline="")
+        writer = csv.DictWriter(start, fieldnames=self.columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(kept)
+        atomic_write(self.path, lambda tmp: tmp.write_bytes(start.getvalue().encode("utf-8")))
+        self._handle = self.path.open("a", newline="", encoding="utf-8")
         self._writer = csv.DictWriter(self._handle, fieldnames=self.columns, extrasaction="ignore")
-        self._writer.writeheader()
-        self._writer.writerows(kept)
-        self._handle.flush()
 
     @property
     def tracker(self) -> CSVTracker:
