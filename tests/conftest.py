@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import random
 import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+# Two test workers share the cores (pytest -n 2): OpenMP threads that spin while waiting would fight each
+# other (the suite took 2.8x as long). Must be set before torch loads its OpenMP runtime.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import torch
 
 from glmha.archs import MST, MSTPlusPlus, RestorationModel, Restormer
