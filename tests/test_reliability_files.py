@@ -78,6 +78,14 @@ def _error(via: str, path: Path, capsys: pytest.CaptureFixture[str]) -> str:
     return message
 
 
+def _refusal(via: str, path: Path, folder: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """`_error`, checking that nothing under `folder` (the input included) was written or changed."""
+    before = _snapshot(folder)
+    message = _error(via, path, capsys)
+    assert _snapshot(folder) == before
+    return message
+
+
 def _snapshot(folder: Path) -> dict[str, str]:
     """Every entry under folder: content hash of files, link targets, kinds; never opens a FIFO."""
     found = {}
@@ -250,11 +258,9 @@ FILE_CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
 def test_unusable_file_is_one_line(case: str, via: str, tmp_path: Path, capsys) -> None:
     make, phrase = FILE_CASES[case]
     path = make(tmp_path)
-    before = _snapshot(tmp_path)
-    message = _error(via, path, capsys)
+    message = _refusal(via, path, tmp_path, capsys)
     assert f"{path}: " in message and phrase in message
     assert "needs code" not in message
-    assert _snapshot(tmp_path) == before
 
 
 def test_file_errors_are_checkpoint_errors(tmp_path: Path) -> None:
@@ -454,11 +460,9 @@ NON_FINITE_CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
 def test_non_finite_weights_are_refused(case: str, via: str, tmp_path: Path, capsys) -> None:
     make, what = NON_FINITE_CASES[case]
     path = make(tmp_path)
-    before = _snapshot(tmp_path)
-    message = _error(via, path, capsys)
+    message = _refusal(via, path, tmp_path, capsys)
     expected = f"{path}: {what}{NON_FINITE_TAIL}"
     assert message == (expected if via == "api" else f"glmha-convert: error: {expected}")
-    assert _snapshot(tmp_path) == before
 
 
 # -- damaged exports ---------------------------------------------------------------------------------
@@ -632,11 +636,9 @@ def test_rewritten_export_loads(family: str, exports: dict, tmp_path: Path) -> N
 def test_damaged_export_is_one_line(case: str, via: str, exports: dict, tmp_path: Path, capsys) -> None:
     family, mutate, phrases = EXPORT_CASES[case]
     path = _damaged_export(tmp_path, exports, family, mutate)
-    before = _snapshot(tmp_path)
-    message = _error(via, path, capsys)
+    message = _refusal(via, path, tmp_path, capsys)
     assert f"{path}: " in message
     assert all(phrase in message for phrase in ((phrases,) if isinstance(phrases, str) else phrases)), message
-    assert _snapshot(tmp_path) == before
 
 
 @pytest.mark.parametrize("kind", ["ValueError", "TypeError", "AttributeError", "KeyError", "RuntimeError"])

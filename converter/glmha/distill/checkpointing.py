@@ -84,14 +84,7 @@ def read_state(folder: Path) -> dict[str, Any]:
     """trainer_state.json, checked key by key (a hand-edited or damaged file would otherwise fail
     deep in training with a TypeError)."""
     path = folder / STATE_FILE
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise damaged(path, f"cannot be read ({error.strerror or error})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise damaged(path, f"not valid JSON ({str(error).splitlines()[0]})") from None
-    if not isinstance(state, dict):
-        raise damaged(path, f"expected a JSON object, found {type(state).__name__}")
+    state = _read_document(path, json.loads, json.JSONDecodeError, "JSON", "a JSON object")
     for key, types in _STATE_TYPES.items():
         if key not in state and key in _OPTIONAL_STATE:
             continue
@@ -109,16 +102,20 @@ def read_saved_recipe(folder: Path) -> dict[str, Any]:
     """The recipe a checkpoint was written with (a mapping), for comparing with the current one."""
     import yaml
 
-    path = folder / RECIPE_FILE
+    return _read_document(folder / RECIPE_FILE, yaml.safe_load, yaml.YAMLError, "YAML", "a mapping")
+
+
+def _read_document(path: Path, parse: Any, syntax_error: type[Exception], language: str, shape: str) -> dict:
+    """A JSON or YAML file of a checkpoint that must hold a mapping, or one `damaged` line saying why not."""
     try:
-        recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
+        document = parse(path.read_text(encoding="utf-8"))
     except OSError as error:
         raise damaged(path, f"cannot be read ({error.strerror or error})") from None
-    except (UnicodeDecodeError, yaml.YAMLError) as error:
-        raise damaged(path, f"not valid YAML ({str(error).splitlines()[0]})") from None
-    if not isinstance(recipe, dict):
-        raise damaged(path, f"expected a mapping, found {type(recipe).__name__}")
-    return recipe
+    except (UnicodeDecodeError, syntax_error) as error:
+        raise damaged(path, f"not valid {language} ({str(error).splitlines()[0]})") from None
+    if not isinstance(document, dict):
+        raise damaged(path, f"expected {shape}, found {type(document).__name__}")
+    return document
 
 
 def check_files(folder: Path, processes: int) -> None:
