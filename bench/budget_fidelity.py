@@ -23,10 +23,10 @@ import torch
 import glmha
 from glmha.convert.activations import run_with
 from glmha.convert.budget import BudgetPlanner
-from glmha.convert.layers import GLMHASettings
 from glmha.convert.plan import PlanSettings, plan_context
 from glmha.data import add_gaussian_noise, seeded_generator
 from glmha.data.held_out import SIGMA, held_out_pairs
+from glmha.layers import GLMHASettings
 from glmha.metrics import psnr
 
 DEFAULT_TEACHER = "checkpoints/restormer_denoise_s25.pth"

@@ -115,7 +115,7 @@ def run_plan(args: argparse.Namespace, label: str, student: dict[str, Any], out:
     return {
         "label": label, "run_dir": str(run_dir), "wall_s": wall,
         "train_s": training_seconds(run_dir / "log.csv", args.batch), "best_step": result.best_step,
-        "layers_converted": len(student.glmha_record.reduced),
+        "layers_converted": len(student.record.conversion.reduced),
         "teacher": teacher, "converted": converted, "distilled": distilled,
         "history": report["history"],
     }

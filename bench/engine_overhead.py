@@ -166,9 +166,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from glmha.convert.export import sha256_file
     from glmha.distill import parse_recipe
     from glmha.distill.engine import build_student, load_teacher
+    from glmha.io_utils import sha256_file
 
     folder = Path(tempfile.mkdtemp(prefix="glmha_engine_overhead_"))
     recipe = parse_recipe(recipe_dict(args, args.steps, folder / "run"))

@@ -42,7 +42,7 @@ import torch
 
 import glmha
 from glmha.archs import MST, MSTPlusPlus, RestorationModel, Restormer
-from glmha.convert.layers import GLMHALayer
+from glmha.layers import GLMHALayer
 
 MODELS: dict[str, Callable[[], RestorationModel]] = {
     "restormer": Restormer,  # dim 48, blocks 4/6/6/8, refinement 4, heads 1/2/4/8

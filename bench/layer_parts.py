@@ -19,9 +19,9 @@ from collections.abc import Callable
 
 import torch
 
-from glmha.archs.restormer import RestormerAttention
-from glmha.convert.layers import GLMHARestormerAttention, GLMHASettings, max_pool_to_grid
+from glmha.archs.mdta import GLMHARestormerAttention, RestormerAttention
 from glmha.counting import count_macs
+from glmha.layers import GLMHASettings, max_pool_to_grid
 
 CASES = ((48, 1, 128), (96, 2, 64), (192, 4, 32), (384, 8, 16))
 

@@ -19,10 +19,10 @@ from glmha.convert.activations import capture
 from glmha.convert.api import analyse, convert, convert_to_glmha, plan
 from glmha.convert.budget import psnr_from_mse
 from glmha.convert.initialise import convert_layer, layer_output_error
-from glmha.convert.layers import CALIBRATION_FORMS, GLMHALayer, GLMHASettings
 from glmha.data import add_gaussian_noise, seeded_generator
 from glmha.distill import parse_recipe
 from glmha.distill.recipe import RecipeError
+from glmha.layers import CALIBRATION_FORMS, GLMHALayer, GLMHASettings
 from glmha.report import describe
 
 from conftest import RANDOM_CONFIGS, example_batch, randomise
@@ -310,7 +310,7 @@ def test_a_recipe_budget_calibrates_on_its_own_training_inputs(tmp_path: Path, m
     said = []
     student = engine.build_student(recipe, teacher, said.append)
     assert seen and "calibration inputs: 2 small ones" in said
-    budget = student.glmha_record.plan["budget"]
+    budget = student.record.conversion.plan["budget"]
     assert budget["requested"] == {"target_macs": 0.9}
     assert 0.89 <= budget["achieved"]["target_macs"] <= 0.9
     assert budget["calibration"] == {"inputs": 2, "sizes": ["32x32"]}

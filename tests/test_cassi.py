@@ -89,9 +89,9 @@ def test_errors() -> None:
         measure(torch.zeros(1, 28, 256, 256), torch.zeros(128, 128))
     with pytest.raises(GlmhaError, match="mask is 128x128, the cubes are 256x256"):
         mst_inputs(torch.zeros(1, 28, 256, 256), torch.zeros(128, 128))
-    with pytest.raises(GlmhaError, match=r"MST's design hard-codes 256: .* got 64x32"):
+    with pytest.raises(GlmhaError, match=r"the CASSI model's design hard-codes 256: .* got 64x32"):
         mst_inputs(torch.zeros(1, 4, 64, 32), torch.zeros(64, 32))
-    with pytest.raises(GlmhaError, match=r"MST's design hard-codes 256: .* got 512x512"):
+    with pytest.raises(GlmhaError, match=r"the CASSI model's design hard-codes 256: .* got 512x512"):
         mst_inputs(torch.zeros(1, 2, 512, 512), torch.zeros(512, 512))
     with pytest.raises(GlmhaError, match="mask must be 2-D"):
         measure(torch.zeros(1, 2, 4, 4), torch.zeros(1, 4, 4))

@@ -13,7 +13,8 @@ import glmha
 from glmha.archs import MST, Restormer
 from glmha.cli.convert import main as convert_main
 from glmha.convert.api import analyse, convert, convert_to_glmha, plan
-from glmha.convert.layers import GLMHALayer
+from glmha.io_utils import sha256_file
+from glmha.layers import GLMHALayer
 from glmha.report import describe
 
 from conftest import example_batch, randomise, tiny_model
@@ -129,9 +130,9 @@ def test_export_then_load_gives_identical_outputs(family: str, tmp_path: Path) -
     with safe_open(str(output), framework="pt") as handle:
         metadata = handle.metadata()
     assert metadata["family"] == family and metadata["format_version"] == "2"
-    assert metadata["source_sha256"] == glmha.convert.export.sha256_file(source)
+    assert metadata["source_sha256"] == sha256_file(source)
     assert json.loads(metadata["glmha"])["alpha"] == 0.6
-    assert json.loads(metadata["layers"]) == student.glmha_record.reduced
+    assert json.loads(metadata["layers"]) == student.record.conversion.reduced
     other = "mst" if family != "mst" else "restormer"
     with pytest.raises(glmha.GlmhaError, match=f"a converted {family} model, not {other}"):
         glmha.load(output, family=other)
@@ -348,7 +349,7 @@ def test_outputs_get_ordinary_permissions(tmp_path: Path) -> None:
 def test_python_api_exports_record_the_source_checkpoint(tmp_path):
     """glmha.load remembers the file's SHA-256, conversions carry it into the export metadata."""
     from glmha.checkpoint import read_checkpoint
-    from glmha.convert.export import sha256_file
+    from glmha.io_utils import sha256_file
 
     source = tmp_path / "teacher.pth"
     torch.save({"params": tiny_model("restormer", seed=5).state_dict()}, source)

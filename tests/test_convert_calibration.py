@@ -81,8 +81,8 @@ def test_calibration_errors(tmp_path):
     restormer = Restormer(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, heads=(1, 1, 1, 1))
     with pytest.raises(GlmhaError, match="MST takes CASSI measurements, not images"):
         calibration_inputs(_mst(), folder)
-    with pytest.raises(GlmhaError, match=re.escape("a calibration mask is for MST (CASSI) models only; this "
-                                                   "model is restormer")):
+    with pytest.raises(GlmhaError, match=re.escape("a calibration mask is for CASSI models only; this "
+                                                   "model is Restormer")):
         calibration_inputs(restormer, folder, mask=tmp_path / "mask.mat")
     with pytest.raises(GlmhaError, match="calibration limit must be at least 1, got 0"):
         calibration_inputs(restormer, folder, limit=0)

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 import glmha
-from glmha.convert.layers import GLMHALayer
 from glmha.distill import RecipeError, TrainingDiverged, distill
 from glmha.distill import checkpointing as ckpt
 from glmha.distill.engine import Distillation, build_student, load_teacher
+from glmha.layers import GLMHALayer
 
 from distill_helpers import final_weights, tiny_recipe
 

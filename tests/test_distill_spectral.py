@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from glmha.archs import MST, MSTPlusPlus
+from glmha.archs import MST, MSTPlusPlus, Restormer
 from glmha.distill import RecipeError, distill, parse_recipe
 from glmha.distill.spectral_data import SpectralPatches, open_spectral_source
 
@@ -110,7 +110,7 @@ def test_spectral_source_errors(tmp_path, source, message):
 
 def test_wrong_family_for_the_data_is_refused(tmp_path):
     mst = save(randomise(MST(dim=BANDS, stage=1, num_blocks=(1, 1), bands=BANDS), 0), tmp_path / "mst.pth", None)
-    with pytest.raises(RecipeError, match=re.escape("data.train: MST-L takes CASSI measurements and masks")):
+    with pytest.raises(RecipeError, match=re.escape("data.train: MST takes CASSI measurements and masks")):
         distill(tiny_recipe(tmp_path, teacher=mst), progress=False)
     mstpp = save(randomise(MSTPlusPlus(in_channels=3, out_channels=BANDS, n_feat=BANDS, stage=1,
                                        stage_blocks=(1, 1, 1)), 0), tmp_path / "mstpp.pth", "state_dict")
@@ -133,7 +133,7 @@ def test_spectral_distances_match_their_definitions():
 
 def test_selection_key_orientation_and_fallbacks():
     """Larger is better after orientation; ground truth first, the teacher otherwise; NaN never wins."""
-    from glmha.distill.evaluate import Scores, default_selection
+    from glmha.distill.evaluate import Scores
 
     with_gt = Scores({"mrae_gt": 0.1, "mrae_teacher": 0.01, "psnr_gt": 30.0, "psnr_teacher": 40.0}, images=2)
     better = Scores({"mrae_gt": 0.05, "mrae_teacher": 0.2, "psnr_gt": 31.0, "psnr_teacher": 35.0}, images=2)
@@ -144,8 +144,8 @@ def test_selection_key_orientation_and_fallbacks():
     assert teacher_only.reference("sam") == "teacher" and teacher_only.selection_key("sam") == -2.5
     assert Scores({"psnr_gt": float("nan")}, images=1).selection_key("psnr") == float("-inf")
     assert Scores({}, images=1).selection_key("psnr") == float("-inf")
-    assert (default_selection("mst_plus_plus"), default_selection("mst"), default_selection("restormer")) == (
-        "mrae", "psnr", "psnr")
+    selected = (MSTPlusPlus.selection_metric, MST.selection_metric, Restormer.selection_metric)
+    assert selected == ("mrae", "psnr", "psnr")
 
 
 def test_mst_plus_plus_distils_from_ntire2022_files(tmp_path):

@@ -70,8 +70,8 @@ def test_walkthrough_end_to_end(walkthrough, teacher_cost, tmp_path, capsys):
     exported = glmha.load(summary["export"])
     distilled = glmha.load(out / "distill" / "student.safetensors")
     assert Path(summary["distilled"]) == out / "distill" / "student.safetensors"
-    assert distilled.glmha_record.reduced == exported.glmha_record.reduced
-    assert len(distilled.glmha_record.reduced) == len(teacher_cost.layers)  # energy 0.8 converts them all
+    assert distilled.record.conversion.reduced == exported.record.conversion.reduced
+    assert len(distilled.record.conversion.reduced) == len(teacher_cost.layers)  # energy 0.8 converts them all
     assert (out / "distill" / "report.md").is_file()
 
 
@@ -127,7 +127,7 @@ def test_energy_sweep_with_distillation(sweep, tmp_path, capsys):
         assert distilled[key] == point[key]
     assert 20.0 < distilled["psnr_mean"] < 40.0
     student = glmha.load(Path(distilled["run_dir"]) / "student.safetensors")
-    assert len(student.glmha_record.reduced) == point["converted_layers"]
+    assert len(student.record.conversion.reduced) == point["converted_layers"]
     header = next(line for line in printed.splitlines() if line.startswith("model "))
     assert "distilled" in header  # the table has the extra columns
     assert _is_png(out / "psnr_vs_macs.png")

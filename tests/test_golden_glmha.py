@@ -13,7 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import glmha
-from glmha.convert.layers import GLMHALayer
+from glmha.layers import GLMHALayer
 
 GOLDEN = Path(__file__).parent / "golden" / "glmha"
 CURRENT = ["restormer", "restormer_lowrank_merge", "mst_plus_plus", "mst"]

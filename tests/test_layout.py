@@ -12,14 +12,11 @@ import torch
 import torch.nn.functional as F
 
 from glmha.archs import MSTPlusPlus, Restormer
+from glmha.archs.mdta import GLMHARestormerAttention
+from glmha.archs.ms_msa import GLMHAMaskedSpectralAttention, GLMHASpectralAttention
 from glmha.archs.restormer import RestormerAttention
 from glmha.archs.spectral_blocks import MaskedSpectralAttention, SpectralAttention
-from glmha.convert.layers import (
-    GLMHAMaskedSpectralAttention,
-    GLMHARestormerAttention,
-    GLMHASettings,
-    GLMHASpectralAttention,
-)
+from glmha.layers import GLMHASettings
 from glmha.report import describe
 
 

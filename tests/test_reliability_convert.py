@@ -25,11 +25,11 @@ import yaml
 import glmha
 from glmha.archs import Restormer
 from glmha.cli import convert as cli
-from glmha.convert.layers import GLMHALayer
 from glmha.convert.plan import in_recipe_terms
 from glmha.distill import RecipeError, engine, load_recipe
 from glmha.errors import GlmhaError
 from glmha.io_utils import PendingFile, create_folder, remove_empty_folders, remove_stale_temporaries
+from glmha.layers import GLMHALayer
 
 from conftest import randomise
 from distill_helpers import TINY_TEACHER, recipe_dict, write_teacher
@@ -485,7 +485,7 @@ def test_killed_mid_export_then_rerun(tmp_path, capsys) -> None:
     assert not written.exists()
     assert sorted(p.name for p in work.iterdir()) == ["teacher.glmha.safetensors", "teacher.pth"]
     assert output.read_bytes() == first
-    assert glmha.load(output).glmha_record is not None
+    assert glmha.load(output).record.converted
     capsys.readouterr()
 
 

@@ -628,7 +628,7 @@ def _damaged_export(folder: Path, exports: dict, family: str,
 def test_rewritten_export_loads(family: str, exports: dict, tmp_path: Path) -> None:
     """Control: an export rewritten without damage loads, so each failure below is the damage's."""
     model = glmha.load(_damaged_export(tmp_path, exports, family, None))
-    assert model.family == family and model.glmha_record.reduced == json.loads(exports[family][1]["layers"])
+    assert model.family == family and model.record.conversion.reduced == json.loads(exports[family][1]["layers"])
 
 
 @pytest.mark.parametrize("via", ["api", "cli"])
@@ -644,7 +644,7 @@ def test_damaged_export_is_one_line(case: str, via: str, exports: dict, tmp_path
 @pytest.mark.parametrize("kind", ["ValueError", "TypeError", "AttributeError", "KeyError", "RuntimeError"])
 def test_rebuild_raises_only_glmha_errors(kind: str, exports: dict) -> None:
     """rebuild_model on metadata given in Python (not only strings from a file) still speaks GlmhaError."""
-    from glmha.convert.export import rebuild_model
+    from glmha.exports import rebuild_model
 
     tensors, metadata = exports["restormer"]
     broken = {"ValueError": {**metadata, "layers": json.dumps({L1: "x"})},

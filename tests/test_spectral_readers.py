@@ -145,7 +145,7 @@ def test_sci_errors(tmp_path: Path) -> None:
         SciScenes(tmp_path / "s", mask_path, training=True).read(0)
     assert SciScenes(tmp_path / "s", mask_path, training=True, bands=31).read(0).shape == (31, 256, 256)
     make_sci(tmp_path / "s", {"scene1": np.zeros((28, 128, 300))})
-    with pytest.raises(GlmhaError, match="scene is 128x300, smaller than MST's 256x256"):
+    with pytest.raises(GlmhaError, match="scene is 128x300, smaller than the CASSI simulation's 256x256"):
         SciScenes(tmp_path / "s", mask_path, training=False).read(0)
     (tmp_path / "s" / "scene1.mat").write_bytes(b"garbage")
     with pytest.raises(GlmhaError, match="not a readable MATLAB file"):
@@ -165,5 +165,5 @@ def test_sci_errors(tmp_path: Path) -> None:
     with pytest.raises(GlmhaError, match="'mask' must be 2-D"):
         data.mask()
     scipy.io.savemat(mask_path, {"mask": np.zeros((128, 128))})
-    with pytest.raises(GlmhaError, match="mask is 128x128; MST needs a 256x256 mask"):
+    with pytest.raises(GlmhaError, match="mask is 128x128; the CASSI simulation needs a 256x256 mask"):
         data.mask()

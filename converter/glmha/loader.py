@@ -8,32 +8,32 @@ from pathlib import Path
 import torch
 
 from glmha.archs import FAMILIES, RestorationModel
+from glmha.archs.unsupported import recognise_unsupported
 from glmha.checkpoint import read_checkpoint
 from glmha.errors import ArchitectureError
+from glmha.exports import carries_export_fields, is_glmha_export, rebuild_model
+from glmha.io_utils import sha256_file
+from glmha.record import ModelRecord
 
 MAX_LISTED_KEYS = 3
 
 
 def load(path: str | Path, *, family: str | None = None) -> RestorationModel:
-    """Load an official Restormer / MST++ / MST checkpoint as a plain module in eval mode.
+    """Load an official checkpoint of a supported family as a plain module in eval mode.
 
     A safetensors file exported by glmha is rebuilt, GLMHA layers included, from its metadata.
 
-    `family` forces a family ("restormer", "mst_plus_plus", "mst") instead of detecting it.
+    `family` forces a family (a key of glmha.FAMILIES) instead of detecting it.
     """
     checkpoint = read_checkpoint(path)
-    from glmha.convert.export import carries_export_fields, is_glmha_export, rebuild_model
-
     if is_glmha_export(checkpoint.metadata) or carries_export_fields(checkpoint.metadata):
         model = rebuild_model(checkpoint.state_dict, checkpoint.metadata, source=str(path))
         if family is not None and family != model.family:
             raise ArchitectureError(f"{path}: a converted {model.family} model, not {family}")
         return model
     model = build_model(checkpoint.state_dict, family=family, source=str(path))
-    from glmha.convert.export import sha256_file
-
     # provenance that conversions carry into their exports (SHA-256 of the file and its name)
-    model.glmha_source = {"sha256": sha256_file(path), "file": Path(path).name}
+    model.record = ModelRecord(source_sha256=sha256_file(path), source_file=Path(path).name)
     return model
 
 
@@ -67,6 +67,8 @@ def build_model(
                 "so there is nothing for glmha to convert"
             )
         return model.eval()
+    if family is None and (recognised := recognise_unsupported(state_dict)):
+        raise ArchitectureError(f"{source}: {recognised}")
     raise ArchitectureError(f"{source}: unknown architecture; tried {'; '.join(failures)}")
 
 

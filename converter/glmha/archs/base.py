@@ -1,39 +1,47 @@
-"""What every supported architecture provides.
+"""What every supported architecture provides: the plugin interface of a family.
 
-Each family lives in one file with its model class. The class carries its own key-set detector and
-its hyperparameter inference (read from tensor shapes), so adding a family means adding one file and
-one line in the registry.
+Each family lives in one module of glmha.archs with its model class, which is the plugin: key-set
+detection, hyperparameter inference from tensor shapes, the task it solves (so data pipelines and
+metrics know what it takes), example and calibration inputs, distillation feature taps, and the
+adapters of its attention kinds (glmha.archs.adapter). Nothing outside glmha.archs names a family;
+adding one is one module and one line in glmha.archs' registry.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from glmha.config import StrictConfig
-from glmha.errors import ArchitectureError
+from glmha.errors import ArchitectureError, GlmhaError
+from glmha.layers import CSALayer
+from glmha.record import ORIGINAL, ModelRecord
 
 
-class CSALayer(nn.Module):
-    """Base of every channel-wise self-attention module: C channels split head-major into heads."""
+@dataclass(frozen=True)
+class Task:
+    """What a family's models do, as data pipelines, metrics and messages see it."""
 
-    channels: int
-    num_heads: int
-    # layout of the feature map the layer receives: (b, h, w, C) when True, else (b, C, h, w); declared by
-    # each layer kind, never inferred from sizes (a map whose height equals C would fool any guess)
-    channels_last: ClassVar[bool] = False
+    name: str
+    data_forms: tuple[str, ...]  # data a recipe may give: "image", "rgb-spectral", "sci" (glmha.distill.engine)
+    spectral: bool  # outputs are spectral cubes: spectral metrics (MRAE, RMSE, PSNR, SAM)
+    other_data: str  # what to say when a recipe gives another form ({title} is the family's title)
 
-    @property
-    def head_dim(self) -> int:
-        return self.channels // self.num_heads
 
-    def token_grid(self, shape: tuple[int, ...]) -> tuple[int, int]:
-        """(h, w) of an input feature map of this shape."""
-        return (shape[1], shape[2]) if self.channels_last else (shape[2], shape[3])
+IMAGE_RESTORATION = Task("image restoration", ("image",), False,
+                         "{title} restores images; spectral data needs a spectral model")
+RGB_TO_SPECTRUM = Task("RGB to spectrum", ("rgb-spectral", "image"), True,  # images: pure teacher distillation
+                       "{title} reconstructs spectra from RGB; use {{format: ntire2022, ...}} or "
+                       "{{format: synthetic, kind: rgb, ...}}")
+SNAPSHOT_COMPRESSIVE_IMAGING = Task("snapshot compressive imaging", ("sci",), True,
+                                    "{title} takes CASSI measurements and masks; use {{format: sci, ...}} or "
+                                    "{{format: synthetic, kind: sci, ...}}")
 
 
 class RestorationModel(nn.Module):
@@ -42,7 +50,12 @@ class RestorationModel(nn.Module):
     family: ClassVar[str]
     title: ClassVar[str]
     config_class: ClassVar[type[StrictConfig]]
+    task: ClassVar[Task] = IMAGE_RESTORATION
     calibration_kind: ClassVar[str] = "inputs"  # what calibration_samples makes, for messages
+    selection_metric: ClassVar[str] = "psnr"  # what the official training keeps its best model by
+    licence: ClassVar[str] = ""  # of the official code and weights, for README and reports
+    attention_adapters: ClassVar[tuple[Any, ...]] = ()  # AttentionAdapter of each CSA layer class used
+    record: ModelRecord = ORIGINAL  # replaced (never mutated) by glmha.load and by conversions
     config: Any
 
     @classmethod
@@ -100,8 +113,31 @@ class RestorationModel(nn.Module):
         gives no calibration data. Deterministic."""
         raise NotImplementedError
 
+    def calibration_from_folder(self, folder: Path, *, mask: Path | None, limit: int | None,
+                                side: int) -> list[tuple[torch.Tensor, ...]]:
+        """Input tuples for `model(*inputs)` read from a folder the user gives (`--calib`), prepared as the
+        family's official pipeline prepares its inputs: here images in [0, 1], centre crops of at most
+        `side` in the model's size multiple."""
+        if mask is not None:
+            raise GlmhaError(f"a calibration mask is for CASSI models only; this model is {self.title}")
+        from glmha.data.image_folder import read_calibration_images
+
+        images = read_calibration_images(folder, self.input_channels, multiple=self.size_multiple,
+                                         max_side=side, limit=limit)
+        return [(image,) for image in images]
+
+    def check_patch_size(self, size: int) -> None:
+        """Raise GlmhaError when training patches of size x size cannot be used (default: the input rule)."""
+        self.check_input_size(size, size)
+
     def csa_layers(self) -> list[tuple[str, CSALayer]]:
         return [(name, m) for name, m in self.named_modules() if isinstance(m, CSALayer)]
+
+    def replace_layers(self, replacements: Mapping[str, nn.Module]) -> None:
+        """Put each module in place of the named one, through its parent."""
+        for name, new in replacements.items():
+            parent_name, _, child = name.rpartition(".")
+            setattr(self.get_submodule(parent_name), child, new)
 
 
 def unet_level(name: str, stage: int) -> str:

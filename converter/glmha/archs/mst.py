@@ -9,15 +9,24 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from glmha.archs.base import RestorationModel, shape_of, unet_level
-from glmha.archs.spectral_blocks import SpectralUNet, block_output, shift_back_offsets, unet_block_counts
+from glmha.archs.base import SNAPSHOT_COMPRESSIVE_IMAGING, RestorationModel, shape_of, unet_level
+from glmha.archs.ms_msa import MASKED_SPECTRAL_ADAPTER
+from glmha.archs.spectral_blocks import (
+    SHIFT_REFERENCE,
+    SpectralUNet,
+    block_output,
+    shift_back_offsets,
+    unet_block_counts,
+)
 from glmha.config import StrictConfig
-from glmha.errors import ArchitectureError, InputShapeError
+from glmha.errors import ArchitectureError, GlmhaError, InputShapeError
 
 CALIBRATION_SEED = 7100  # synthetic calibration scenes: seeds 7100, 7101, ...; the mask 7099
+REFLECTANCE_LIMIT = 1.5  # KAIST truth is reflectance in [0, 1]; CAVE files hold x65536 integers
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,9 @@ class MST(SpectralUNet, RestorationModel):
     family = "mst"
     title = "MST"
     calibration_kind = "synthetic CASSI scenes"
+    task = SNAPSHOT_COMPRESSIVE_IMAGING
+    licence = "MIT"
+    attention_adapters = (MASKED_SPECTRAL_ADAPTER,)
     config_class = MSTConfig
 
     def __init__(self, **kwargs: object) -> None:
@@ -100,6 +112,43 @@ class MST(SpectralUNet, RestorationModel):
         if phi.shape[-1] < self.mask_width(side):
             phi = torch.nn.functional.pad(phi, (0, self.mask_width(side) - phi.shape[-1]))
         return measurement, phi
+
+    def calibration_from_folder(self, folder: Path, *, mask: Path | None, limit: int | None,
+                                side: int) -> list[tuple[torch.Tensor, ...]]:
+        """CASSI scenes (`.mat`, key `img` or `img_expand`, read as the official test reads the KAIST truth:
+        unscaled), centre-cropped to at most 256x256, measured through the centre of the 256x256 mask; the
+        model gets shift_back(y * 2 / C) and the shifted mask Phi."""
+        from glmha.spectral.cassi import mst_inputs
+        from glmha.spectral.readers import SCI_CROP, SciScenes
+
+        if mask is None:
+            raise GlmhaError("MST takes CASSI measurements, not images: give a folder of scene .mat files "
+                             "and the 256x256 mask.mat (--calib-mask)")
+        scenes = SciScenes(folder, mask, training=False, bands=self.output_channels)
+        mask2d = torch.from_numpy(scenes.mask())  # (256, 256)
+        inputs = []
+        for index in range(len(scenes) if limit is None else min(limit, len(scenes))):
+            cube = torch.from_numpy(scenes.read(index))  # (bands, H, W), H and W >= 256
+            peak = float(cube.max())
+            if peak > REFLECTANCE_LIMIT:
+                raise GlmhaError(
+                    f"{scenes.paths[index]}: values reach {peak:.2f}; calibration scenes must hold reflectance "
+                    f"in [0, 1] like the KAIST test truth (CAVE training files store it x65536)"
+                )
+            size = min(side, SCI_CROP)
+            top = (cube.shape[1] - size) // 2
+            left = (cube.shape[2] - size) // 2
+            crop = cube[None, :, top:top + size, left:left + size]  # (bands, H, W) -> (1, bands, size, size)
+            centre = (SCI_CROP - size) // 2
+            window = mask2d[centre:, centre:][:size, :size]  # the mask's centre
+            measurement, phi = mst_inputs(crop, window)  # (1, bands, s, s), (1, bands, s, s + 2*(bands-1))
+            inputs.append((measurement, phi))
+        return inputs
+
+    def check_patch_size(self, size: int) -> None:
+        if size > SHIFT_REFERENCE:
+            raise GlmhaError(f"MST's design hard-codes {SHIFT_REFERENCE}; got {size}")
+        super().check_patch_size(size)
 
     @classmethod
     def detect(cls, keys: Iterable[str]) -> bool:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glmha.archs.base import RestorationModel, count_indices, shape_of, unet_level
+from glmha.archs.base import RGB_TO_SPECTRUM, RestorationModel, count_indices, shape_of, unet_level
+from glmha.archs.ms_msa import SPECTRAL_ADAPTER
 from glmha.archs.spectral_blocks import SpectralUNet, block_output, unet_block_counts
 from glmha.config import StrictConfig
 from glmha.errors import ArchitectureError, InputShapeError
@@ -46,6 +48,10 @@ class MSTPlusPlus(RestorationModel):
     family = "mst_plus_plus"
     title = "MST++"
     calibration_kind = "synthetic RGB scenes"
+    task = RGB_TO_SPECTRUM
+    selection_metric = "mrae"  # NTIRE 2022's ranking metric, which the official training keeps its best by
+    licence = "MIT"
+    attention_adapters = (SPECTRAL_ADAPTER,)
     config_class = MSTPlusPlusConfig
 
     def __init__(self, **kwargs: object) -> None:
@@ -91,6 +97,18 @@ class MSTPlusPlus(RestorationModel):
             rgb = capture_rgb(cube, response)  # (3, side, side)
             images.append((rgb - rgb.min()) / (rgb.max() - rgb.min()).clamp_min(1e-12))
         return (torch.stack(images),)
+
+    def calibration_from_folder(self, folder: Path, *, mask: Path | None, limit: int | None,
+                                side: int) -> list[tuple[torch.Tensor, ...]]:
+        """The images as every family reads them, then one global min-max per image (the NTIRE 2022 reader's
+        normalisation)."""
+        from glmha.data.image_folder import list_images
+        from glmha.spectral.readers import minmax_normalise
+
+        inputs = super().calibration_from_folder(folder, mask=mask, limit=limit, side=side)
+        names = list_images(folder)
+        return [(torch.from_numpy(minmax_normalise(image.numpy(), what=f"calibration image {path}")),)
+                for (image,), path in zip(inputs, names, strict=False)]
 
     @classmethod
     def detect(cls, keys: Iterable[str]) -> bool:

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glmha.archs.base import CSALayer, RestorationModel, count_indices, shape_of
+from glmha.archs.base import IMAGE_RESTORATION, RestorationModel, count_indices, shape_of
+from glmha.archs.mdta import MDTA_ADAPTER, RestormerAttention
 from glmha.config import StrictConfig
 from glmha.errors import ArchitectureError, InputShapeError
 
@@ -98,33 +99,6 @@ class GatedDconvFeedForward(nn.Module):
         return self.project_out(F.gelu(gate) * value)
 
 
-class RestormerAttention(CSALayer):
-    """MDTA: softmax(temperature * Q^ K^T) V per head, tokens are channels (C x C per image)."""
-
-    def __init__(self, channels: int, num_heads: int, bias: bool) -> None:
-        super().__init__()
-        self.channels = channels
-        self.num_heads = num_heads
-        self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1))
-        self.qkv = nn.Conv2d(channels, channels * 3, 1, bias=bias)
-        self.qkv_dwconv = nn.Conv2d(
-            channels * 3, channels * 3, 3, padding=1, groups=channels * 3, bias=bias
-        )
-        self.project_out = nn.Conv2d(channels, channels, 1, bias=bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        q, k, v = self.qkv_dwconv(self.qkv(x)).chunk(3, dim=1)  # 3 x (b, C, h, w)
-        q = q.reshape(b, self.num_heads, -1, h * w)  # (b, heads, d, N)
-        k = k.reshape(b, self.num_heads, -1, h * w)  # (b, heads, d, N)
-        v = v.reshape(b, self.num_heads, -1, h * w)  # (b, heads, d, N)
-        q = F.normalize(q, dim=-1)
-        k = F.normalize(k, dim=-1)
-        attn = (q @ k.transpose(-2, -1)) * self.temperature  # (b, heads, d, d)
-        out = attn.softmax(dim=-1) @ v  # (b, heads, d, N)
-        return self.project_out(out.reshape(b, c, h, w))
-
-
 class TransformerBlock(nn.Module):
     def __init__(self, channels: int, heads: int, expansion: float, bias: bool, ln: str) -> None:
         super().__init__()
@@ -165,6 +139,9 @@ class Restormer(RestorationModel):
     title = "Restormer"
     calibration_kind = "sample photographs"
     config_class = RestormerConfig
+    task = IMAGE_RESTORATION
+    licence = "Academic Public License (non-commercial)"
+    attention_adapters = (MDTA_ADAPTER,)
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__()

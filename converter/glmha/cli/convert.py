@@ -24,14 +24,14 @@ from glmha.archs import FAMILIES, RestorationModel
 from glmha.checkpoint import check_readable
 from glmha.convert.api import analyse
 from glmha.convert.calibration import default_calibration
-from glmha.convert.export import export_model
 from glmha.convert.initialise import CALIBRATED_INITS, INIT_METHODS
-from glmha.convert.layers import CALIBRATION_FORMS, GLMHASettings
 from glmha.convert.mutate import apply_plan
 from glmha.convert.plan import DEFAULT_ENERGY, ConversionPlan, PlanSettings, make_plan
 from glmha.convert.spectrum import SPECTRUM_MODES, check_spectrum_mode
 from glmha.errors import GlmhaError
+from glmha.exports import export_model
 from glmha.io_utils import PendingFile, create_folder, path_status, remove_empty_folders
+from glmha.layers import CALIBRATION_FORMS, GLMHASettings
 from glmha.loader import load
 from glmha.report import describe, format_report, giga
 
@@ -66,8 +66,9 @@ def _choices(values: Sequence[str]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog=PROG,
-        description="Convert the channel-wise self-attention (CSA) layers of a Restormer / MST++ / MST "
-        "checkpoint to GLMHA: per-layer spectrum analysis, a plan of reduced key/value widths C', "
+        description="Convert the channel-wise self-attention (CSA) layers of a "
+        f"{' / '.join(cls.title for cls in FAMILIES.values())} checkpoint to GLMHA: per-layer spectrum "
+        "analysis, a plan of reduced key/value widths C', "
         "initialisation of the reduced generators, and a slim safetensors export.",
     )
     parser.add_argument("checkpoint", help=".pth/.pt (read with weights_only=True) or .safetensors")
@@ -104,9 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="data-free spectrum of each channel's full K/V operator (1x1 row and its "
                           "depthwise filter; default) or of the 1x1 rows [W_K | W_V] alone")
     analysis.add_argument("--calib", metavar="DIR", help="spectra from activations on this folder's images "
-                          "(MST: scene .mat files, with --calib-mask)")
+                          "(CASSI models: scene .mat files, with --calib-mask)")
     analysis.add_argument("--calib-mask", metavar="FILE",
-                          help="MST only: the 256x256 CASSI mask.mat the calibration scenes are measured with")
+                          help="CASSI models only: the 256x256 mask.mat the calibration scenes are measured with")
     analysis.add_argument("--calib-limit", type=int, metavar="N",
                           help="use at most N calibration inputs (default: 16 of --calib; for budgets without "
                           "--calib, 4 or 2 offline samples depending on the model's size)")
@@ -118,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "denoiser is measured on what it sees, e.g. 25")
     analysis.add_argument("--plot", metavar="DIR", help="write cumulative-energy PNGs per level to DIR")
     analysis.add_argument("--input-size", type=parse_input_size, default=(256, 256), metavar="N|HxW",
-                          help="input size for the MAC counts (default 256; MST gets its mask shape)")
+                          help="input size for the MAC counts (default 256; a mask input gets its matching shape)")
     analysis.add_argument("--json", metavar="FILE", help="also write the report and plan as JSON")
     return parser
 
@@ -212,7 +213,7 @@ def _check_json_path(args: argparse.Namespace, output: Path | None) -> None:
 def _convert(args: argparse.Namespace, settings: PlanSettings, glmha_settings: GLMHASettings,
              outputs: Outputs) -> int:
     model = load(args.checkpoint, family=args.family)
-    if getattr(model, "glmha_record", None) is not None:
+    if model.record.converted:
         raise GlmhaError(f"{args.checkpoint}: already converted by glmha; convert the original teacher")
     height, width = args.input_size
     report = describe(model, height, width)

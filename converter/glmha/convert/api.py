@@ -7,10 +7,10 @@ from collections.abc import Iterable, Sequence
 import torch
 
 from glmha.archs import RestorationModel
-from glmha.convert.layers import GLMHASettings
 from glmha.convert.mutate import apply_plan
 from glmha.convert.plan import DEFAULT_ENERGY, ConversionPlan, PlanSettings, make_plan
 from glmha.convert.spectrum import ActivationGrams, LayerSpectrum, analyse_weights
+from glmha.layers import GLMHASettings
 
 
 def analyse(model: RestorationModel, calibration: Iterable[Sequence[torch.Tensor]] | None = None,

@@ -1,11 +1,6 @@
-"""Calibration inputs for activation spectra, prepared as each family's official pipeline prepares
-its inputs, so the spectra describe the activations the model really sees.
-
-- Restormer family: images in [0, 1], centre crops of at most 256 (multiples of 8).
-- MST++: the same images, then one global min-max per image (the NTIRE 2022 reader's normalisation).
-- MST / MST-L: CASSI scenes (`.mat`, key `img` or `img_expand`, read as the official test reads the
-  KAIST truth: unscaled), centre-cropped to 256x256, measured through the 256x256 mask; the model
-  gets shift_back(y * 2 / C) and the shifted mask Phi (glmha.spectral.cassi.mst_inputs).
+"""Calibration inputs for activation spectra and budgets: a folder the user gives, read as the family's
+official pipeline prepares its inputs (RestorationModel.calibration_from_folder), or the family's offline
+samples, at a size whose forward pass stays affordable.
 """
 
 from __future__ import annotations
@@ -18,61 +13,18 @@ from glmha.archs import RestorationModel
 from glmha.errors import GlmhaError
 
 MAX_SIDE = 256
-_REFLECTANCE_LIMIT = 1.5  # KAIST truth is reflectance in [0, 1]; CAVE files hold x65536 integers
 
 
 def calibration_inputs(model: RestorationModel, folder: str | Path, *, mask: str | Path | None = None,
                        limit: int | None = 16, side: int | None = None) -> list[tuple[torch.Tensor, ...]]:
-    """Input tuples for `model(*inputs)` from `folder`: images, or CASSI scenes plus `mask` for MST;
-    centre crops of at most `side` (default 256; MST scenes: exactly 256 unless given)."""
+    """Input tuples for `model(*inputs)` from `folder` (plus `mask` for models that take one), centre crops
+    of at most `side` (default 256)."""
     if limit is not None and limit < 1:
         raise GlmhaError(f"calibration limit must be at least 1, got {limit}")
     if side is not None and side < 1:
         raise GlmhaError(f"calibration crop size must be at least 1, got {side}")
-    if model.family == "mst":
-        if mask is None:
-            raise GlmhaError("MST takes CASSI measurements, not images: give a folder of scene .mat files "
-                             "and the 256x256 mask.mat (--calib-mask)")
-        return _sci_inputs(model, Path(folder), Path(mask), limit, side)
-    if mask is not None:
-        raise GlmhaError(f"a calibration mask is for MST (CASSI) models only; this model is {model.family}")
-    from glmha.data.image_folder import list_images, read_calibration_images
-
-    images = read_calibration_images(Path(folder), model.input_channels, multiple=model.size_multiple,
-                                     max_side=side or MAX_SIDE, limit=limit)
-    if model.family == "mst_plus_plus":
-        from glmha.spectral.readers import minmax_normalise
-
-        names = list_images(Path(folder))
-        images = [torch.from_numpy(minmax_normalise(image.numpy(), what=f"calibration image {path}"))
-                  for image, path in zip(images, names, strict=False)]
-    return [(image,) for image in images]
-
-
-def _sci_inputs(model: RestorationModel, folder: Path, mask_path: Path,
-                limit: int | None, side: int | None) -> list[tuple[torch.Tensor, ...]]:
-    from glmha.spectral.cassi import mst_inputs
-    from glmha.spectral.readers import SCI_CROP, SciScenes
-
-    scenes = SciScenes(folder, mask_path, training=False, bands=model.output_channels)
-    mask2d = torch.from_numpy(scenes.mask())  # (256, 256)
-    inputs = []
-    for index in range(len(scenes) if limit is None else min(limit, len(scenes))):
-        cube = torch.from_numpy(scenes.read(index))  # (bands, H, W), H and W >= 256
-        peak = float(cube.max())
-        if peak > _REFLECTANCE_LIMIT:
-            raise GlmhaError(
-                f"{scenes.paths[index]}: values reach {peak:.2f}; calibration scenes must hold reflectance in "
-                f"[0, 1] like the KAIST test truth (CAVE training files store it x65536)"
-            )
-        size = min(side or SCI_CROP, SCI_CROP)
-        top = (cube.shape[1] - size) // 2
-        left = (cube.shape[2] - size) // 2
-        crop = cube[None, :, top:top + size, left:left + size]  # (bands, H, W) -> (1, bands, size, size)
-        mask = mask2d[(SCI_CROP - size) // 2:, (SCI_CROP - size) // 2:][:size, :size]  # the mask's centre
-        measurement, phi = mst_inputs(crop, mask)  # (1, bands, size, size), (1, bands, size, size + 2*(bands-1))
-        inputs.append((measurement, phi))
-    return inputs
+    return model.calibration_from_folder(Path(folder), mask=None if mask is None else Path(mask), limit=limit,
+                                         side=side or MAX_SIDE)
 
 
 # (count, side) of calibration inputs, tried in this order; the first whose forward pass stays within

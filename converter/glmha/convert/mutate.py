@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import torch
 
@@ -14,29 +13,18 @@ from glmha.archs import RestorationModel
 from glmha.convert.activations import batched, capture
 from glmha.convert.calibration import default_calibration
 from glmha.convert.initialise import CALIBRATED_INITS, convert_layer
-from glmha.convert.layers import GLMHALayer, GLMHASettings
 from glmha.convert.plan import ConversionPlan
 from glmha.convert.spectrum import LayerSpectrum
 from glmha.errors import GlmhaError
+from glmha.layers import GLMHALayer
+from glmha.record import Conversion, ModelRecord
 from glmha.runtime import single_thread
-
-
-@dataclass
-class ConversionRecord:
-    """What a converted model needs to be exported and rebuilt; kept as `model.glmha_record`."""
-
-    settings: GLMHASettings
-    reduced: dict[str, int]  # layer name -> C'
-    init: str = "select"
-    plan: dict = field(default_factory=dict)  # ConversionPlan.to_json(), when known
-    source_sha256: str = ""
-    source_file: str = ""
 
 
 def apply_plan(model: RestorationModel, plan: ConversionPlan, spectra: list[LayerSpectrum], *,
                inplace: bool = False, calibration: Sequence[tuple[torch.Tensor, ...]] | None = None
                ) -> RestorationModel:
-    """The converted model (a copy unless `inplace`), with `glmha_record` set. Inits that fit to
+    """The converted model (a copy unless `inplace`), its record naming the conversion. Inits that fit to
     activations (`refit`) run on `calibration` inputs (default: the family's offline samples)."""
     layers = dict(model.csa_layers())
     by_name = {s.name: s for s in spectra}
@@ -61,16 +49,9 @@ def apply_plan(model: RestorationModel, plan: ConversionPlan, spectra: list[Laye
                 layers[layer_plan.name], by_name[layer_plan.name], layer_plan.reduced_channels,
                 plan.settings.init, plan.glmha, seed=plan.settings.seed + index, inputs=seen.get(layer_plan.name))
     target = model if inplace else copy.deepcopy(model)
-    swap_layers(target, replacements)
-    source = getattr(model, "glmha_source", {})  # set by glmha.load
-    target.glmha_record = ConversionRecord(settings=plan.glmha, reduced=plan.converted,
-                                           init=plan.settings.init, plan=plan.to_json(),
-                                           source_sha256=source.get("sha256", ""),
-                                           source_file=source.get("file", ""))
+    target.replace_layers(replacements)
+    conversion = Conversion(settings=plan.glmha, reduced=plan.converted, init=plan.settings.init,
+                            plan=plan.to_json())
+    target.record = ModelRecord(source_sha256=model.record.source_sha256, source_file=model.record.source_file,
+                                conversion=conversion)  # the source file as glmha.load recorded it
     return target
-
-
-def swap_layers(model: RestorationModel, replacements: dict[str, GLMHALayer]) -> None:
-    for name, new in replacements.items():
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), child, new)

@@ -22,13 +22,13 @@ from typing import Any
 
 import torch
 
-from glmha.archs import CSALayer, RestorationModel
+from glmha.archs import CSALayer, RestorationModel, adapter_for
 from glmha.config import StrictConfig
 from glmha.convert.initialise import INIT_METHODS, empty_glmha_like, value_form
-from glmha.convert.layers import GLMHASettings
 from glmha.convert.spectrum import LayerSpectrum
 from glmha.counting import CostReport, count_macs, count_parameters
 from glmha.errors import GlmhaError
+from glmha.layers import GLMHASettings
 from glmha.runtime import single_thread
 
 DEFAULT_ENERGY = 0.95  # spectrum energy each head keeps unless the user says otherwise
@@ -194,13 +194,14 @@ def _glmha_cost_line(key: tuple, layer: CSALayer) -> tuple[Cost, tuple[float, fl
         macs = count_macs(candidate, [torch.empty(s, device="meta") for s in input_shapes]).macs
         return Cost(count_parameters(candidate), macs.linear, macs.total)
 
-    low, high = count(heads), count(channels)
-    span = channels - heads
+    smallest = smallest_width(layer)
+    low, high = count(smallest), count(channels)
+    span = channels - smallest
     keys = ("params", "macs_linear", "macs_total")
     slope = tuple((getattr(high, k) - getattr(low, k)) / span if span else 0.0 for k in keys)
-    base = Cost(*[round(getattr(low, k) - s * heads) for k, s in zip(keys, slope, strict=True)])
+    base = Cost(*[round(getattr(low, k) - s * smallest) for k, s in zip(keys, slope, strict=True)])
     line = LayerCost(before=low, heads=heads, channels=channels, base=base, slope=slope)
-    middle = heads * max(1, channels // heads // 2)
+    middle = heads * max(smallest // heads, channels // heads // 2)
     if span and line.after(middle) != count(middle):  # pragma: no cover - a layer kind with a non-affine cost
         raise GlmhaError(f"{type(layer).__name__}: GLMHA cost is not affine in C'")
     if len(_COST_LINES) > 4096:
@@ -284,10 +285,15 @@ class PlanContext:
     def allowed(self, name: str, reduced: int) -> bool:
         """May `name` take this C' (a multiple of its heads, below C, not bigger unless allowed)?"""
         layer = self.layers[name]
-        if reduced < layer.num_heads or reduced >= layer.channels or reduced % layer.num_heads:
+        if reduced < smallest_width(layer) or reduced >= layer.channels or reduced % layer.num_heads:
             return False
         costs = self.costs[name]
         return self.settings.allow_bigger or not costs.after(reduced).exceeds(costs.before)
+
+
+def smallest_width(layer: CSALayer) -> int:
+    """The smallest C' a layer's GLMHA version computes with: one key per head, or its kind's minimum."""
+    return layer.num_heads * min(adapter_for(layer).min_head_width, layer.head_dim)
 
 
 def make_plan(model: RestorationModel, spectra: list[LayerSpectrum], settings: PlanSettings,
@@ -335,10 +341,10 @@ def plan_context(model: RestorationModel, spectra: list[LayerSpectrum], settings
                 forced[name] = (settings.rank_patterns[index], value)
         if name in forced:
             pattern, reduced = forced[name]
-            c, heads = layer.channels, layer.num_heads
-            if reduced < 1 or reduced > c or reduced % heads:
+            c, heads, smallest = layer.channels, layer.num_heads, smallest_width(layer)
+            if reduced < smallest or reduced > c or reduced % heads:
                 raise GlmhaError(f"--rank-pattern '{pattern}' gives C'={reduced} for {name}, which needs a "
-                                 f"multiple of its {heads} heads between {heads} and {c}")
+                                 f"multiple of its {heads} heads between {smallest} and {c}")
     for index, count in enumerate(matched):
         if count == 0:
             names = ", ".join(list(layers)[:3])
@@ -363,10 +369,10 @@ def rule_widths(context: PlanContext) -> tuple[dict[str, int], dict[str, str]]:
         layer = context.layers[name]
         d = layer.head_dim
         if settings.ratio is not None:
-            kept = max(1, round(d * (1.0 - settings.ratio)))
+            kept = round(d * (1.0 - settings.ratio))
         else:
             kept = context.spectra[name].width_for(settings.energy)
-        widths[name] = layer.num_heads * kept
+        widths[name] = layer.num_heads * max(kept, smallest_width(layer) // layer.num_heads)
         reasons[name] = settings.rule()
     return widths, reasons
 

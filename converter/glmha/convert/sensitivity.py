@@ -24,7 +24,7 @@ import torch
 
 from glmha.convert.activations import Inputs, TeacherRun, mean_squared_error
 from glmha.convert.initialise import convert_layer
-from glmha.convert.layers import GLMHALayer
+from glmha.layers import GLMHALayer
 
 MAX_CANDIDATES = 24  # widths measured per layer (evenly spaced when a layer allows more)
 PROBE_POSITIONS = (0.0, 1 / 3, 2 / 3)  # where in a layer's candidate list its gain is measured in the whole model

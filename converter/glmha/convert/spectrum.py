@@ -26,10 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from glmha.archs.base import CSALayer
-from glmha.archs.restormer import RestormerAttention
-from glmha.archs.spectral_blocks import MaskedSpectralAttention, SpectralAttention
+from glmha.archs import adapter_for
 from glmha.errors import GlmhaError
+from glmha.layers import CSALayer
 from glmha.runtime import single_thread
 
 ENERGY_TOLERANCE = 1e-12
@@ -129,25 +128,8 @@ def check_spectrum_mode(mode: object) -> None:
 def weight_grams(layer: CSALayer, mode: str = "operator") -> list[torch.Tensor]:
     """Per-head Gram matrices of the joint key/value generator rows, from the weights alone."""
     check_spectrum_mode(mode)
-    c, heads = layer.channels, layer.num_heads
-    d = c // heads
     with torch.no_grad():
-        if isinstance(layer, RestormerAttention):
-            w = layer.qkv.weight.detach().double().reshape(3 * c, c)  # (3C, C)
-            f = layer.qkv_dwconv.weight.detach().double().reshape(3 * c, 9)  # (3C, 9)
-            if mode == "pointwise":
-                f = torch.ones_like(f)  # <f_a, f_b> == 9 everywhere: G is 9 [W_K | W_V][W_K | W_V]^T
-            blocks = [(w[o:o + d], f[o:o + d]) for h in range(heads) for o in (c + h * d, 2 * c + h * d)]
-            grams = [(wk @ wk.T) * (fk @ fk.T) + (wv @ wv.T) * (fv @ fv.T)  # kernel w (x) f inner products
-                     for (wk, fk), (wv, fv) in zip(blocks[0::2], blocks[1::2], strict=True)]
-        elif isinstance(layer, SpectralAttention):
-            wq = layer.to_q.weight.detach().double()  # (C, C): the softmax axis, GLMHA's keys
-            wv = layer.to_v.weight.detach().double()
-            rows = [slice(h * d, (h + 1) * d) for h in range(heads)]
-            grams = [wq[r] @ wq[r].T + wv[r] @ wv[r].T for r in rows]
-        else:
-            raise TypeError(f"no weight spectrum for {type(layer).__name__}")
-    return grams
+        return adapter_for(layer).weight_grams(layer, mode)
 
 
 @single_thread()
@@ -200,18 +182,7 @@ class ActivationGrams:
         return [_layer_spectrum(name, layer, self.grams[name], "activations") for name, layer in self.layers]
 
 
-def key_value_activations(layer: nn.Module, x: torch.Tensor, mask: torch.Tensor | None = None):
-    """The key and value activations (b, C, N) a CSA layer forms from its input."""
+def key_value_activations(layer: CSALayer, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The key and value activations (b, C, N) a CSA layer forms from its forward arguments."""
     with torch.no_grad():
-        if isinstance(layer, RestormerAttention):
-            b, c = x.shape[:2]
-            _, k, v = layer.qkv_dwconv(layer.qkv(x)).chunk(3, dim=1)  # (b, C, h, w) each
-            return k.reshape(b, c, -1), v.reshape(b, c, -1)
-        b, h, w, c = x.shape
-        tokens = x.reshape(b, h * w, c)  # (b, N, C)
-        keys = layer.to_q(tokens)  # (b, N, C): the softmax axis
-        values = layer.to_v(tokens)  # (b, N, C)
-        if isinstance(layer, MaskedSpectralAttention):
-            guide = layer.mm(mask[:1].permute(0, 3, 1, 2))  # (1, C, h, h)
-            values = values * guide.permute(0, 2, 3, 1).reshape(1, h * w, c)
-        return keys.transpose(1, 2), values.transpose(1, 2)  # (b, C, N) each
+        return adapter_for(layer).key_value_activations(layer, *args)

@@ -26,7 +26,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from glmha.archs import RestorationModel
-from glmha.convert.export import export_model, sha256_file
 from glmha.convert.initialise import CALIBRATED_INITS
 from glmha.convert.plan import in_recipe_terms
 from glmha.data.degrade import seeded_generator
@@ -41,7 +40,7 @@ from glmha.distill.data import (
     stop_workers,
     unwrap_worker_error,
 )
-from glmha.distill.evaluate import Evaluator, Scores, default_selection
+from glmha.distill.evaluate import Evaluator, Scores
 from glmha.distill.losses import FeatureTap, distance_fn, feature_loss, feature_points
 from glmha.distill.optim import build_optimizer, build_scheduler, select_trainable
 from glmha.distill.recipe import (
@@ -57,6 +56,8 @@ from glmha.distill.spectral_data import SpectralPatches, SpectralScenes, open_sp
 from glmha.distill.table import TableRow, write_table
 from glmha.distill.trackers import CSVTracker, csv_columns, tensorboard_available
 from glmha.errors import GlmhaError
+from glmha.exports import export_model
+from glmha.io_utils import sha256_file
 from glmha.report import describe
 
 STUDENT_FILE = "student.safetensors"
@@ -135,7 +136,7 @@ def load_teacher(recipe: Recipe) -> RestorationModel:
     from glmha.loader import load
 
     teacher = load(recipe.teacher)
-    if getattr(teacher, "glmha_record", None) is not None:
+    if teacher.record.converted:
         raise RecipeError(f"teacher: {recipe.teacher} is a glmha export; give the original checkpoint it "
                           f"was converted from")
     return teacher
@@ -151,14 +152,14 @@ def build_student(recipe: Recipe, teacher: RestorationModel, say: Callable[[str]
     spec = recipe.student
     if spec.path is not None:
         student = load(spec.path)
-        record = getattr(student, "glmha_record", None)
-        if record is None:
+        record = student.record
+        if not record.converted:
             raise RecipeError(f"student.path: {spec.path} is not a glmha export (convert it with glmha-convert)")
         if student.family != teacher.family or student.config != teacher.config:
             raise RecipeError(f"student.path: {spec.path} was converted from a different model "
                               f"({student.family} {student.config.to_dict()}) than the teacher "
                               f"({teacher.family} {teacher.config.to_dict()})")
-        if record.source_sha256 and record.source_sha256 != teacher.glmha_source["sha256"]:
+        if record.source_sha256 and record.source_sha256 != teacher.record.source_sha256:
             say(f"note: {spec.path} was converted from a file with another SHA-256 than the teacher "
                 f"(same architecture; continuing)")
         return student
@@ -209,32 +210,26 @@ def recipe_calibration(recipe: Recipe, teacher: RestorationModel) -> tuple[list[
     return [(torch.stack(crops),)], f"{len(crops)} training images of data.train as degraded, centre {side}x{side}"
 
 
-SPECTRAL_FAMILIES = ("mst_plus_plus", "mst")
+def data_form(source: SourceSection) -> str:
+    """What a data section gives, in the terms of glmha.archs.base.Task.data_forms."""
+    if source.format == "sci" or source.kind == "sci":
+        return "sci"
+    return "rgb-spectral" if source.spectral else "image"
 
 
 def _check_data_fits(recipe: Recipe, teacher: RestorationModel) -> None:
+    task = teacher.task
     for split in ("train", "val"):
         source: SourceSection = getattr(recipe.data, split)
         where = f"data.{split}"
-        if teacher.family == "mst" and not (source.format == "sci" or source.kind == "sci"):
-            raise RecipeError(f"{where}: MST-L takes CASSI measurements and masks; use {{format: sci, ...}} or "
-                              f"{{format: synthetic, kind: sci, ...}}")
-        if source.spectral:
-            if teacher.family not in SPECTRAL_FAMILIES:
-                raise RecipeError(f"{where}: spectral data (format {source.format}) needs an MST++ or MST "
-                                  f"teacher, this one is {teacher.family}")
-            if teacher.family == "mst_plus_plus" and (source.format == "sci" or source.kind == "sci"):
-                raise RecipeError(f"{where}: MST++ reconstructs spectra from RGB; use {{format: ntire2022, ...}} "
-                                  f"or {{format: synthetic, kind: rgb, ...}}")
-            continue
-        if source.has_target and teacher.output_channels != teacher.input_channels:
+        if data_form(source) not in task.data_forms:
+            raise RecipeError(f"{where}: {task.other_data.format(title=teacher.title)}")
+        if not source.spectral and source.has_target and teacher.output_channels != teacher.input_channels:
             raise RecipeError(f"{where}: the teacher maps {teacher.input_channels} to {teacher.output_channels} "
                               f"channels; image ground truth cannot be compared with its output, use "
                               f"{{inputs: DIR}} (pure teacher distillation) or a spectral format")
-    if teacher.family == "mst" and recipe.data.patch_size > 256:
-        raise RecipeError(f"data.patch_size: MST's design hard-codes 256; got {recipe.data.patch_size}")
     try:
-        teacher.check_input_size(recipe.data.patch_size, recipe.data.patch_size)
+        teacher.check_patch_size(recipe.data.patch_size)
     except GlmhaError as error:
         raise RecipeError(f"data.patch_size: {error}") from None
 
@@ -252,6 +247,21 @@ def _open_data(recipe: Recipe, teacher: RestorationModel, split: str):
             check_patch_size(source, recipe.data.patch_size)
     source.verify()
     return source
+
+
+@dataclass
+class RunParts:
+    """What the set-up builds and the loop uses: the models (the student, and `model`, the same student as
+    Accelerate prepared it), optimisation, data and evaluation, and the feature taps (teacher, student)."""
+
+    teacher: RestorationModel
+    student: RestorationModel
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    train_loader: DataLoader
+    evaluator: Evaluator
+    taps: tuple[FeatureTap, FeatureTap] | None
 
 
 class Distillation:
@@ -336,7 +346,7 @@ class Distillation:
 
         resume = None if (self.restart or self.dry_run) else checkpointing.latest_checkpoint(root)
         teacher = load_teacher(recipe)
-        files = {"teacher": teacher.glmha_source["sha256"]}  # the run's input files, by content
+        files = {"teacher": teacher.record.source_sha256}  # the run's input files, by content
         if recipe.student.path is not None:
             files["student.path"] = sha256_file(recipe.student.path)
         state = RunState()
@@ -378,16 +388,16 @@ class Distillation:
 
         points = feature_points(student) if recipe.loss.features > 0 else []
         taps = (FeatureTap(teacher, points), FeatureTap(student, points)) if points else None
-        spectral = teacher.family in SPECTRAL_FAMILIES
+        spectral = teacher.task.spectral
         self.metrics = recipe.eval.metrics or (SPECTRAL_METRICS if spectral else IMAGE_METRICS)
-        self.select = recipe.eval.select or default_selection(teacher.family)
+        self.select = recipe.eval.select or teacher.selection_metric
         if self.select not in self.metrics:
             raise RecipeError(f"eval.select: {self.select!r} is not among the evaluated metrics "
                               f"({', '.join(self.metrics)})")
         evaluator = Evaluator(accelerator, val_loader, teacher, multiple=teacher.size_multiple,
                               metrics=self.metrics, spectral=spectral, border=recipe.eval.border)
-        self.parts = dict(teacher=teacher, student=student, model=model, optimizer=optimizer,
-                          scheduler=scheduler, train_loader=train_loader, evaluator=evaluator, taps=taps)
+        self.parts = RunParts(teacher=teacher, student=student, model=model, optimizer=optimizer,
+                              scheduler=scheduler, train_loader=train_loader, evaluator=evaluator, taps=taps)
         if self.dry_run:
             return self._dry_run(teacher, student)
 
@@ -446,14 +456,14 @@ class Distillation:
     def _losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         recipe, parts = self.recipe, self.parts
         distance = distance_fn(recipe.loss.distance)
-        taps = parts["taps"]
+        taps = parts.taps
         if taps is not None:
             taps[0].clear()
             taps[1].clear()
         inputs = (batch["input"], batch["mask"]) if "mask" in batch else (batch["input"],)
         with torch.no_grad(), self.accelerator.autocast():
-            teacher_out = parts["teacher"](*inputs)
-        student_out = parts["model"](*inputs)
+            teacher_out = parts.teacher(*inputs)
+        student_out = parts.model(*inputs)
         terms: dict[str, torch.Tensor] = {}
         if recipe.loss.output > 0:
             terms["loss_output"] = distance(student_out, teacher_out)
@@ -468,15 +478,15 @@ class Distillation:
 
     def _dry_run(self, teacher: RestorationModel, student: RestorationModel) -> RunResult:
         accelerator, parts = self.accelerator, self.parts
-        batch = next(iter(parts["train_loader"]))
+        batch = next(iter(parts.train_loader))
         started = time.perf_counter()
-        with accelerator.accumulate(parts["model"]):
+        with accelerator.accumulate(parts.model):
             loss, terms = self._losses(batch)
             accelerator.backward(loss)
-            parts["optimizer"].zero_grad()
+            parts.optimizer.zero_grad()
         seconds = time.perf_counter() - started
         trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
-        converted = len(student.glmha_record.reduced)
+        converted = len(student.record.conversion.reduced)
         self.say(recipe_to_yaml(self.recipe).rstrip())
         self.say(f"\ndry run: teacher {teacher.family} {sum(p.numel() for p in teacher.parameters()):,} params; "
                  f"student {sum(p.numel() for p in student.parameters()):,} params, {converted} GLMHA layers, "
@@ -486,7 +496,7 @@ class Distillation:
         return RunResult(self.recipe.run_dir, 0, False, None, None, None, None, dry_run_loss=float(loss.detach()))
 
     def _batches(self, start_step: int) -> Iterator[dict[str, torch.Tensor]]:
-        loader = self.parts["train_loader"]
+        loader = self.parts.train_loader
         skip = start_step * self.recipe.train.grad_accum
         if skip:
             loader = self.accelerator.skip_first_batches(loader, skip)
@@ -497,12 +507,12 @@ class Distillation:
         recipe, accelerator, parts = self.recipe, self.accelerator, self.parts
         train, run_dir = recipe.train, recipe.run_dir
         root = checkpointing.checkpoint_root(run_dir)
-        model, optimizer, scheduler = parts["model"], parts["optimizer"], parts["scheduler"]
-        evaluator: Evaluator = parts["evaluator"]
+        model, optimizer, scheduler = parts.model, parts.optimizer, parts.scheduler
+        evaluator = parts.evaluator
         last_saved: Path | None = resumed[1] if resumed else None
 
         def save(step: int) -> Path:
-            broken = _first_nonfinite(parts["student"])
+            broken = _first_nonfinite(parts.student)
             if broken is not None:
                 raise TrainingDiverged(f"the student's weights are not finite at step {step} ({broken} holds NaN "
                                        f"or Inf); stopped without saving. {_last_good(last_saved)}. {_ADVICE}")
@@ -513,7 +523,7 @@ class Distillation:
 
         def evaluate(step: int) -> None:
             model.eval()
-            scores = evaluator.evaluate(parts["student"])
+            scores = evaluator.evaluate(parts.student)
             model.train()
             if scores.nonfinite:
                 raise TrainingDiverged(
@@ -526,7 +536,7 @@ class Distillation:
             if best is None or scores.selection_key(self.select) > best.selection_key(self.select):
                 state.best, state.best_step = scores.to_json(), step
                 if accelerator.is_main_process:
-                    export_model(parts["student"], run_dir / STUDENT_FILE)
+                    export_model(parts.student, run_dir / STUDENT_FILE)
             self.say(f"step {step}: {_describe_scores(scores)}"
                      f"{'  (best so far, exported)' if state.best_step == step else ''}")
 
@@ -600,9 +610,9 @@ class Distillation:
         height, width = recipe.eval.input_size
         rows = []
         for name, model, scores, size in (
-            ("teacher", parts["teacher"], state.teacher_scores, Path(recipe.teacher).stat().st_size),
-            ("converted (before distillation)", parts["student"], state.converted_scores, None),
-            (f"distilled (step {state.best_step})", parts["student"], state.best,
+            ("teacher", parts.teacher, state.teacher_scores, Path(recipe.teacher).stat().st_size),
+            ("converted (before distillation)", parts.student, state.converted_scores, None),
+            (f"distilled (step {state.best_step})", parts.student, state.best,
              (recipe.run_dir / STUDENT_FILE).stat().st_size if (recipe.run_dir / STUDENT_FILE).exists() else None),
         ):
             cost = _costs(model, height, width)

@@ -19,12 +19,6 @@ from glmha.distill.data import crop_to, pad_to_multiple
 LOWER_IS_BETTER = frozenset({"mrae", "rmse", "sam"})
 
 
-def default_selection(family: str) -> str:
-    """The metric the official training code keeps its best model by: MRAE for MST++ (NTIRE 2022's
-    ranking metric), PSNR for MST-L and the Restormer family."""
-    return "mrae" if family == "mst_plus_plus" else "psnr"
-
-
 @dataclass(frozen=True)
 class Scores:
     """Means over the validation images, keyed "<metric>_gt" / "<metric>_teacher"; None where there is

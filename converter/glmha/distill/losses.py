@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from glmha.archs import RestorationModel
-from glmha.convert.layers import GLMHALayer
+from glmha.layers import GLMHALayer
 
 CHARBONNIER_EPS = 1e-3  # as in the restoration literature (MPRNet, Restormer's Charbonnier option)
 MRAE_FLOOR = 1e-3  # smallest |reference| in the MRAE denominator (teacher outputs can be ~0 or negative)

@@ -7,9 +7,9 @@ import math
 import torch
 from torch import nn
 
-from glmha.convert.layers import GLMHALayer
 from glmha.distill.recipe import TrainSection
 from glmha.errors import GlmhaError
+from glmha.layers import GLMHALayer
 
 
 def select_trainable(student: nn.Module, which: str) -> list[nn.Parameter]:

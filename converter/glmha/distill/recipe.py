@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from glmha.config import StrictConfig, _describe
-from glmha.convert.layers import GLMHASettings
 from glmha.convert.plan import BUDGET_KEYS, DEFAULT_ENERGY, PlanSettings, in_recipe_terms
 from glmha.convert.spectrum import check_spectrum_mode
 from glmha.data.degrade import DEGRADATIONS
 from glmha.errors import GlmhaError
+from glmha.layers import GLMHASettings
 
 RECIPE_VERSION = 1
 SAMPLE_SPLITS = ("train", "test")

@@ -74,7 +74,8 @@ def mst_inputs(cube: torch.Tensor, mask2d: torch.Tensor) -> tuple[torch.Tensor, 
     batch, bands, height, width = cube.shape
     if height != width or height > MST_SIZE:
         raise InputShapeError(
-            f"MST's design hard-codes 256: inputs must be square and at most 256x256; got {height}x{width}"
+            f"the CASSI model's design hard-codes 256: inputs must be square and at most 256x256; got "
+            f"{height}x{width}"
         )
     y = measure(cube, mask2d)
     input_meas = shift_back(y / bands * 2, bands)  # official order: meas / nC * 2

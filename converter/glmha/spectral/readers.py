@@ -175,7 +175,8 @@ class SciScenes:
             raise GlmhaError(f"{path}: '{key}' has shape {cube.shape}; expected (H, W, {self.bands})")
         if cube.shape[0] < SCI_CROP or cube.shape[1] < SCI_CROP:
             raise GlmhaError(
-                f"{path}: scene is {cube.shape[0]}x{cube.shape[1]}, smaller than MST's {SCI_CROP}x{SCI_CROP} crop"
+                f"{path}: scene is {cube.shape[0]}x{cube.shape[1]}, smaller than the CASSI simulation's "
+                f"{SCI_CROP}x{SCI_CROP} crop"
             )
         if self.training:
             cube = cube / SCI_DIVISOR
@@ -191,7 +192,7 @@ class SciScenes:
             raise GlmhaError(f"{self.mask_path}: 'mask' must be 2-D; got shape {mask.shape}")
         if mask.shape != (SCI_CROP, SCI_CROP):
             raise GlmhaError(
-                f"{self.mask_path}: mask is {mask.shape[0]}x{mask.shape[1]}; MST needs a "
+                f"{self.mask_path}: mask is {mask.shape[0]}x{mask.shape[1]}; the CASSI simulation needs a "
                 f"{SCI_CROP}x{SCI_CROP} mask to match its {SCI_CROP}x{SCI_CROP} crops"
             )
         return mask

@@ -29,11 +29,11 @@ from glmha.errors import GlmhaError
 NTIRE_WAVELENGTHS: tuple[float, ...] = tuple(float(w) for w in range(400, 701, 10))
 """The 31 NTIRE 2022 / ARAD_1K band centres: 400..700 nm in 10 nm steps."""
 
+# the 28 band centres (nm) of the CASSI simulation (CAVE/KAIST, as TSA-Net defines them), non-uniform
 CASSI_WAVELENGTHS: tuple[float, ...] = (
     453.3, 457.6, 462.1, 466.8, 471.6, 476.5, 481.6, 486.9, 492.4, 498.0, 503.9, 509.9, 516.2, 522.7,
     529.5, 536.5, 543.8, 551.4, 558.6, 567.5, 575.3, 584.3, 594.4, 604.2, 614.4, 625.1, 636.3, 648.1,
 )  # fmt: skip
-"""The 28 band centres (nm) of the CASSI simulation (CAVE/KAIST, TSA-Net and MST), non-uniform."""
 
 CAMERA_CENTRES_NM = (600.0, 540.0, 460.0)  # R, G, B
 CAMERA_SIGMA_NM = 40.0

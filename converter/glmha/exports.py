@@ -7,7 +7,6 @@ are stored, no pickles; the file is written to a temporary name and renamed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -17,13 +16,12 @@ from typing import Any, TypeVar
 
 import torch
 
-from glmha.archs import FAMILIES, CSALayer, RestorationModel
+from glmha.archs import FAMILIES, RestorationModel, adapter_for
 from glmha.config import StrictConfig
-from glmha.convert.initialise import empty_glmha_like
-from glmha.convert.layers import LEGACY_SETTINGS, GLMHALayer, GLMHASettings
-from glmha.convert.mutate import ConversionRecord, swap_layers
 from glmha.errors import ArchitectureError, GlmhaError
 from glmha.io_utils import save_safetensors
+from glmha.layers import LEGACY_SETTINGS, CSALayer, GLMHALayer, GLMHASettings
+from glmha.record import Conversion, ModelRecord
 
 FORMAT = "glmha"
 FORMAT_VERSION = 2  # 2: calibration forms, grid pooling, gathered MST values, token bias; 1 is still read
@@ -32,30 +30,23 @@ EXPORT_FIELDS = {"glmha", "layers", "hyperparameters"}  # written by every forma
 ConfigT = TypeVar("ConfigT", bound=StrictConfig)
 
 
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def export_model(model: RestorationModel, path: str | Path) -> None:
-    """Write a converted model (one with `glmha_record`) as safetensors with rebuild metadata."""
+    """Write a converted model (one whose record holds a conversion) as safetensors with rebuild metadata."""
     from glmha import __version__
 
-    record: ConversionRecord | None = getattr(model, "glmha_record", None)
-    if record is None:
+    record = model.record
+    conversion = record.conversion
+    if conversion is None:
         raise GlmhaError("this model was not converted by glmha; nothing to export")
     metadata = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
         "family": model.family,
         "hyperparameters": json.dumps(model.config.to_dict()),
-        "glmha": json.dumps(record.settings.to_dict()),
-        "layers": json.dumps(record.reduced),
-        "init": record.init,
-        "plan": json.dumps(record.plan),
+        "glmha": json.dumps(conversion.settings.to_dict()),
+        "layers": json.dumps(conversion.reduced),
+        "init": conversion.init,
+        "plan": json.dumps(conversion.plan),
         "source_sha256": record.source_sha256,
         "source_file": record.source_file,
         "glmha_version": __version__,
@@ -93,17 +84,18 @@ def rebuild_model(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str,
         reduced = {name: _reduced_width(name, value, layers, source) for name, value in reduced_field.items()}
         replacements = {name: _empty_glmha(layers[name], channels, settings, name, source)
                         for name, channels in reduced.items()}
-    swap_layers(model, replacements)
+    model.replace_layers(replacements)
     _check_tensors(model.state_dict(), state_dict, source)
     # fresh (aligned) copies: the convolution and matrix kernels pick code paths by buffer alignment, so a
     # model on safetensors' buffers could round differently from the same model built in memory
     tensors = {k: (v.float() if v.is_floating_point() else v).clone() for k, v in state_dict.items()}
     model.load_state_dict(tensors, strict=True, assign=True)
     _check_value_indices(model, source)
-    model.glmha_record = ConversionRecord(
-        settings=settings, reduced=reduced, init=_text_field(metadata, "init", source, default=""), plan=plan,
+    model.record = ModelRecord(
         source_sha256=_text_field(metadata, "source_sha256", source, default=""),
-        source_file=_text_field(metadata, "source_file", source, default=""))
+        source_file=_text_field(metadata, "source_file", source, default=""),
+        conversion=Conversion(settings=settings, reduced=reduced, plan=plan,
+                              init=_text_field(metadata, "init", source, default="")))
     return model.eval()
 
 
@@ -243,7 +235,7 @@ def _reduced_width(name: str, value: Any, layers: Mapping[str, CSALayer], source
 
 def _empty_glmha(layer: CSALayer, reduced: int, settings: GLMHASettings, name: str, source: str) -> GLMHALayer:
     try:
-        return empty_glmha_like(layer, reduced, settings)
+        return adapter_for(layer).empty_glmha(layer, reduced, settings)
     except (GlmhaError, ValueError, TypeError, RuntimeError) as error:
         raise GlmhaError(f"{source}: damaged glmha metadata: layer {name!r} cannot be built with C'={reduced} "
                          f"and these settings ({_first_line(error)})") from None

@@ -1,7 +1,6 @@
-"""GLMHA layers (SPEC section 4): keys and values with C' < C channels, guided by a calibration net.
-
-Each class keeps the forward signature and tensor layout of the CSA module it replaces; the query
-path, temperature / rescale, output projection and side branches keep the original weights.
+"""What every GLMHA layer shares (SPEC section 4): keys and values with C' < C channels, guided by a
+calibration net. The layer of each attention kind (its forward signature, tensor layout and weights
+copied from the CSA module it replaces) lives with that kind in glmha.archs.
 
 Why the layers look the way they do (measured in bench/latency.py and bench/calibration_forms.py):
 * The calibration vector A is one scale per channel, so X~ = X (1 + alpha A) is never formed as a
@@ -18,13 +17,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glmha.archs.base import CSALayer
-from glmha.archs.spectral_blocks import MaskGuidance, positional_branch
 from glmha.config import StrictConfig
 from glmha.errors import GlmhaError
 
@@ -32,6 +30,24 @@ CALIBRATION_FORMS = ("channel", "lowrank", "full")
 NORM_EPS = 1e-12  # F.normalize's default
 FOLD_MIN_PIXELS_PER_OUTPUT = 8  # fold the calibration scale into a 1x1 conv's weight when N >= 8 x outputs
 VALUE_FORMS = ("gather", "mix")
+
+
+class CSALayer(nn.Module):
+    """Base of every channel-wise self-attention module: C channels split head-major into heads."""
+
+    channels: int
+    num_heads: int
+    # layout of the feature map the layer receives: (b, h, w, C) when True, else (b, C, h, w); declared by
+    # each layer kind, never inferred from sizes (a map whose height equals C would fool any guess)
+    channels_last: ClassVar[bool] = False
+
+    @property
+    def head_dim(self) -> int:
+        return self.channels // self.num_heads
+
+    def token_grid(self, shape: tuple[int, ...]) -> tuple[int, int]:
+        """(h, w) of an input feature map of this shape."""
+        return (shape[1], shape[2]) if self.channels_last else (shape[2], shape[3])
 
 
 @dataclass(frozen=True)
@@ -196,7 +212,11 @@ class GLMHALayer(CSALayer):
 
     def attention(self, query: torch.Tensor, key: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
         """softmax over the reduced tokens of temperature * Q^ K^'T (+ token bias): (b, heads, d, N) queries and
-        (b, heads, d', N) keys -> (b, heads, d, d').
+        (b, heads, d', N) keys -> (b, heads, d, d')."""
+        return self.attention_logits(query, key, temperature).softmax(dim=-1)
+
+    def attention_logits(self, query: torch.Tensor, key: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+        """temperature * Q^ K^'T (+ token bias), (b, heads, d, d'), for kinds that do more than a softmax.
 
         Q^ and K^ are L2-normalised along N as F.normalize does (x / max(|x|, eps)), but the norms are
         applied to the small d x d' product instead of to the C x N and C' x N maps: the same maths,
@@ -208,98 +228,4 @@ class GLMHALayer(CSALayer):
         logits = logits * row * column
         if self.token_bias is not None:
             logits = logits + self.token_bias
-        return logits.softmax(dim=-1)
-
-
-class GLMHARestormerAttention(GLMHALayer):
-    """GLMHA for MDTA: Q as before; K', V' from X~ by a 1x1 conv C -> 2C' and a depthwise 3x3."""
-
-    NEW_SUBMODULES = ("calibrate", "token_bias", "kv", "kv_dwconv")
-
-    def __init__(self, channels: int, num_heads: int, reduced: int, bias: bool,
-                 settings: GLMHASettings) -> None:
-        super().__init__()
-        self._setup(channels, num_heads, reduced, settings)
-        self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1))
-        self.q = nn.Conv2d(channels, channels, 1, bias=bias)
-        self.q_dwconv = nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=bias)
-        self.kv = nn.Conv2d(channels, 2 * reduced, 1, bias=bias)
-        self.kv_dwconv = nn.Conv2d(2 * reduced, 2 * reduced, 3, padding=1, groups=2 * reduced, bias=bias)
-        self.project_out = nn.Conv2d(channels, channels, 1, bias=bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        q = self.q_dwconv(self.q(x))  # (b, C, h, w)
-        kv = self.kv_dwconv(folded_pointwise_conv(x, self.kv, self.input_scale(q)))  # (b, 2C', h, w) from X~
-        k, v = kv.reshape(b, 2, self.num_heads, -1, h * w).unbind(1)  # 2 x (b, heads, d', N)
-        attn = self.attention(q.reshape(b, self.num_heads, -1, h * w), k, self.temperature)  # (b, heads, d, d')
-        out = attn @ v  # (b, heads, d, N)
-        return self.project_out(out.view(b, c, h, w))
-
-
-class GLMHASpectralAttention(GLMHALayer):
-    """GLMHA for MS-MSA (MST++): the softmax runs over `to_q`, so (to_q, V) is the reduced pair.
-
-    `to_k` (the query role), `rescale`, `proj` and the positional branch keep their weights. The
-    positional branch needs the full-width V_in, so `to_v` stays C -> C and V' is formed from it per
-    head: the kept channels (`values: gather`, an index buffer, no parameters) or a learned d -> d'
-    mix (`values: mix`, `v_reduce`); either way the same token set as the reduced keys.
-    """
-
-    channels_last = True  # (b, h, w, C), as the MS-MSA it replaces
-
-    def __init__(self, channels: int, num_heads: int, reduced: int, settings: GLMHASettings) -> None:
-        super().__init__()
-        self._setup(channels, num_heads, reduced, settings)
-        self.to_q = FoldedLinear(channels, reduced, bias=False)
-        self.to_k = nn.Linear(channels, channels, bias=False)
-        self.to_v = FoldedLinear(channels, channels, bias=False)
-        self.value_form = settings.values
-        if self.value_form == "mix":
-            self.v_reduce = nn.Conv1d(channels, reduced, 1, groups=num_heads, bias=False)
-        else:  # channel h*d + j of V for each kept token, head-major
-            self.register_buffer("v_index", torch.arange(reduced, dtype=torch.int64))
-        self.NEW_SUBMODULES = ("calibrate", "token_bias", "to_q") + (("v_reduce",) if self.value_form == "mix"
-                                                                     else ())
-        self.rescale = nn.Parameter(torch.ones(num_heads, 1, 1))
-        self.proj = nn.Linear(channels, channels, bias=True)
-        self.pos_emb = positional_branch(channels)
-
-    def forward(self, x_in: torch.Tensor) -> torch.Tensor:
-        return self._forward(x_in, None)
-
-    def _forward(self, x_in: torch.Tensor, guide: torch.Tensor | None) -> torch.Tensor:
-        b, h, w, c = x_in.shape
-        n = h * w
-        x = x_in.reshape(b, n, c)  # (b, N, C)
-        query = self.to_k(x)  # (b, N, C)
-        scale = self.input_scale(query.view(b, h, w, c).permute(0, 3, 1, 2))  # NCHW view of channels-last
-        v_inp = self.to_v(x, scale)  # (b, N, C) from X~
-        key = self.to_q(x, scale)  # (b, N, C') from X~
-        guided = v_inp if guide is None else v_inp * guide
-        if self.value_form == "mix":
-            value = self.v_reduce(guided.transpose(1, 2)).transpose(1, 2)  # (b, C, N) -> (b, C', N) -> (b, N, C')
-        else:
-            value = guided.index_select(-1, self.v_index)  # (b, N, C')
-        heads = self.num_heads
-        query = query.reshape(b, n, heads, -1).permute(0, 2, 3, 1)  # (b, heads, d, N)
-        key = key.reshape(b, n, heads, -1).permute(0, 2, 3, 1)  # (b, heads, d', N)
-        value = value.reshape(b, n, heads, -1).permute(0, 2, 3, 1)  # (b, heads, d', N)
-        attn = self.attention(query, key, self.rescale)  # (b, heads, d, d')
-        out = attn @ value  # (b, heads, d, N)
-        out = self.proj(out.permute(0, 3, 1, 2).reshape(b, n, c))  # (b, N, C)
-        v_img = v_inp.reshape(b, h, w, c).permute(0, 3, 1, 2)  # (b, C, h, w)
-        return out.view(b, h, w, c) + self.pos_emb(v_img).permute(0, 2, 3, 1)
-
-
-class GLMHAMaskedSpectralAttention(GLMHASpectralAttention):
-    """GLMHA for MST's mask-guided MS-MSA: V_in is multiplied by the mask guidance before V' is formed."""
-
-    def __init__(self, channels: int, num_heads: int, reduced: int, settings: GLMHASettings) -> None:
-        super().__init__(channels, num_heads, reduced, settings)
-        self.mm = MaskGuidance(channels)
-
-    def forward(self, x_in: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        _, h, w, c = x_in.shape
-        guide = self.mm(mask[:1].permute(0, 3, 1, 2))  # (1, C, h, h)
-        return self._forward(x_in, guide.permute(0, 2, 3, 1).reshape(1, h * w, c))  # guide (1, N, C)
+        return logits
