@@ -17,7 +17,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 
-from glmha.archs import MST, MSTPlusPlus, RestorationModel, Restormer
+from glmha.archs import MST, DRSformer, MSTPlusPlus, PromptIR, RestorationModel, Restormer, Retinexformer
 
 
 def randomise(model: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -80,10 +80,47 @@ def random_mst_config(rng: random.Random) -> dict:
     )
 
 
+def random_promptir_config(rng: random.Random) -> dict:
+    """The official widths are fixed for dim 48; blocks, heads, the FFN and the prompts are what can vary."""
+    return dict(
+        inp_channels=3, out_channels=3,
+        num_blocks=(1, 1, 1, 1),  # a level without blocks keeps no trace of its heads
+        num_refinement_blocks=rng.choice([0, 1]),
+        heads=(rng.choice([1, 2]), rng.choice([2, 4]), rng.choice([2, 4, 8]), rng.choice([4, 8])),
+        ffn_expansion_factor=rng.choice([0.25, 0.5]),
+        bias=rng.random() < 0.3,
+        layernorm_type=rng.choice(["WithBias", "BiasFree"]),
+        prompt_len=rng.choice([2, 3]),
+        prompt_sizes=(rng.choice([3, 5]), rng.choice([2, 4]), rng.choice([2, 3])),
+    )
+
+
+def random_drsformer_config(rng: random.Random) -> dict:
+    channels = rng.choice([1, 3])
+    return dict(
+        inp_channels=channels, out_channels=channels,
+        dim=4 * rng.choice([1, 2]),
+        num_blocks=tuple(rng.choice([1, 2]) for _ in range(4)),
+        heads=(rng.choice([1, 2]), rng.choice([1, 2]), rng.choice([1, 2, 4]), rng.choice([2, 4])),
+        ffn_expansion_factor=rng.choice([2.66, 1.5]),
+        bias=rng.random() < 0.3,
+        layernorm_type=rng.choice(["WithBias", "BiasFree"]),
+        mefc=rng.random() < 0.5,
+    )
+
+
+def random_retinexformer_config(rng: random.Random) -> dict:
+    return dict(n_feat=4 * rng.choice([1, 2]), stage=rng.choice([1, 2]),
+                num_blocks=tuple(rng.choice([1, 2]) for _ in range(3)))
+
+
 RANDOM_CONFIGS = {
     "restormer": (Restormer, random_restormer_config),
     "mst_plus_plus": (MSTPlusPlus, random_mst_plus_plus_config),
     "mst": (MST, random_mst_config),
+    "promptir": (PromptIR, random_promptir_config),
+    "drsformer": (DRSformer, random_drsformer_config),
+    "retinexformer": (Retinexformer, random_retinexformer_config),
 }
 
 

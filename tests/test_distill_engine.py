@@ -231,7 +231,7 @@ def test_trainable_all_updates_copied_weights(tmp_path):
 
 def test_feature_points_are_the_block_outputs(family):
     """The tapped value of each block equals what the next block of the same stage receives."""
-    from glmha.archs import MST, MSTPlusPlus, Restormer
+    from glmha.archs import MST, DRSformer, MSTPlusPlus, PromptIR, Restormer, Retinexformer
     from glmha.distill.losses import FeatureTap
 
     from conftest import example_batch, randomise
@@ -242,11 +242,16 @@ def test_feature_points_are_the_block_outputs(family):
         "mst_plus_plus": lambda: MSTPlusPlus(in_channels=3, out_channels=8, n_feat=8, stage=1,
                                              stage_blocks=(2, 2, 2)),
         "mst": lambda: MST(dim=8, stage=1, num_blocks=(2, 2), bands=8),
+        "promptir": lambda: PromptIR(num_blocks=(2, 2, 2, 2), num_refinement_blocks=2, ffn_expansion_factor=0.25,
+                                     prompt_len=2, prompt_sizes=(3, 2, 2)),
+        "drsformer": lambda: DRSformer(dim=8, num_blocks=(2, 2, 2, 2), heads=(1, 2, 2, 4), mefc=True),
+        "retinexformer": lambda: Retinexformer(n_feat=8, stage=1, num_blocks=(2, 2, 2)),
     }[family](), 3)
     names = [name for name, _ in model.csa_layers()]
     points = [model.block_output(name) for name in names]
-    # where a block starts: Restormer's TransformerBlock (parent of attn), the MST attention itself
-    entries = [name.rpartition(".")[0] if family == "restormer" else name for name in names]
+    # where a block starts: a pre-normed transformer block (parent of attn), or an MS-MSA attention itself
+    pre_normed = family in ("restormer", "promptir", "drsformer")
+    entries = [name.rpartition(".")[0] if pre_normed else name for name in names]
     modules = dict(model.named_modules())
     received = {}
 
@@ -267,7 +272,7 @@ def test_feature_points_are_the_block_outputs(family):
     for index in range(len(names) - 1):
         this_block, next_block = entries[index], entries[index + 1]
         stage = this_block.rpartition(".")[0]
-        if family != "restormer":
+        if not pre_normed:
             stage = stage.rpartition(".")[0]  # ...blocks.<i>.0 -> ...blocks
         if next_block.startswith(stage + ".") and next_block.count(".") == this_block.count("."):
             assert torch.equal(tap.values[points[index][0]], received[next_block]), (this_block, next_block)

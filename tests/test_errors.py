@@ -135,6 +135,9 @@ def test_refused_pickle_says_why(tmp_path: Path) -> None:
         ("mst", "512", "at most 256"),
         ("mst", "30", "divisible by"),
         ("mst_plus_plus", "3", "at least 5"),
+        ("promptir", "100", "multiples of 8"),
+        ("drsformer", "64x20", "multiples of 8"),
+        ("retinexformer", "30", "multiples of 4"),
     ],
 )
 def test_input_size_errors(family: str, size: str, phrase: str, tmp_path: Path, capsys) -> None:

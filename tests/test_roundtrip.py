@@ -75,8 +75,9 @@ def test_inference_over_random_grid(family: str, seed: int) -> None:
         model = cls(**make_config(random.Random(seed)))
     assert cls.infer_config(model.state_dict()) == model.config
     assert cls.detect(model.state_dict())
-    others = [other for name, other in glmha.FAMILIES.items() if name != family]
-    assert not any(other.detect(model.state_dict()) for other in others)
+    # detection is a cheap first test and may admit relatives (Restormer's keys are in PromptIR's); the strict
+    # load must then pick exactly this family
+    assert type(glmha.build_model(model.state_dict())) is cls
 
 
 def test_forced_family(tmp_path: Path) -> None:

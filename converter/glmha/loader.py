@@ -59,7 +59,10 @@ def build_model(
             # inference reads shapes; a tensor of the wrong rank (a 1-d conv weight, a 0-d temperature) breaks it
             failures.append(f"{cls.family} (unexpected tensor shapes: {_first_line(error)})")
             continue
-        weights = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
+        # fresh (aligned) float32 copies: kernels pick code paths by buffer alignment, so weights left on a
+        # file's buffers could round differently from the same model built in memory
+        weights = {k: v.to(torch.float32, copy=True) if v.is_floating_point() else v
+                   for k, v in state_dict.items()}
         model.load_state_dict(weights, strict=True, assign=True)
         if not model.csa_layers():
             raise ArchitectureError(

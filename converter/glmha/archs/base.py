@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from glmha.config import StrictConfig
-from glmha.errors import ArchitectureError, GlmhaError
+from glmha.errors import ArchitectureError, GlmhaError, InputShapeError
 from glmha.layers import CSALayer
 from glmha.record import ORIGINAL, ModelRecord
 
@@ -44,6 +44,9 @@ SNAPSHOT_COMPRESSIVE_IMAGING = Task("snapshot compressive imaging", ("sci",), Tr
                                     "{{format: synthetic, kind: sci, ...}}")
 
 
+NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
+
+
 class RestorationModel(nn.Module):
     """Base of the project's model classes: a config, detection and inference from state dicts."""
 
@@ -55,6 +58,8 @@ class RestorationModel(nn.Module):
     selection_metric: ClassVar[str] = "psnr"  # what the official training keeps its best model by
     licence: ClassVar[str] = ""  # of the official code and weights, for README and reports
     attention_adapters: ClassVar[tuple[Any, ...]] = ()  # AttentionAdapter of each CSA layer class used
+    channel_fields: ClassVar[tuple[str, str]] = ("inp_channels", "out_channels")  # config fields of C in / out
+    downsamplings: ClassVar[int] = 0  # 2x down-samplings of the U-Net: sides must be multiples of 2**this
     record: ModelRecord = ORIGINAL  # replaced (never mutated) by glmha.load and by conversions
     config: Any
 
@@ -73,21 +78,36 @@ class RestorationModel(nn.Module):
         return cls(**config.to_dict())
 
     def check_input_size(self, height: int, width: int) -> None:
-        """Raise InputShapeError when the model cannot take an image of this size."""
-        raise NotImplementedError
+        """Raise InputShapeError when the model cannot take an image of this size; by default a U-Net's
+        rule: sides that are positive multiples of `size_multiple`."""
+        multiple = self.size_multiple
+        if height < multiple or width < multiple or height % multiple or width % multiple:
+            count = multiple.bit_length() - 1
+            raise InputShapeError(f"{self.title} needs height and width that are multiples of {multiple} "
+                                  f"({NUMBER_WORDS.get(count, count)} 2x down-samplings); got {height}x{width}")
 
     @property
     def input_channels(self) -> int:
-        raise NotImplementedError
+        return getattr(self.config, self.channel_fields[0])
 
     @property
     def output_channels(self) -> int:
-        raise NotImplementedError
+        return getattr(self.config, self.channel_fields[1])
 
     @property
     def size_multiple(self) -> int:
         """Whole images are padded to a multiple of this before the forward pass (1: any size)."""
-        return 1
+        return 2**self.downsamplings
+
+    def grey_or_rgb(self, rgb: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Offline calibration photographs (b, 3, h, w) as this model's input: RGB, or the luminance for a
+        grey model; other channel counts have no offline images."""
+        if self.input_channels == 3:
+            return (rgb,)
+        if self.input_channels == 1:
+            return (rgb.mean(dim=1, keepdim=True),)
+        raise ArchitectureError(f"{self.title} with {self.input_channels} input channels has no offline "
+                                f"calibration images; give some with --calib")
 
     def block_output(self, csa_name: str) -> tuple[str, bool]:
         """Where the output of the block around a CSA layer can be observed by a forward hook:

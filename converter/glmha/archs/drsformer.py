@@ -25,8 +25,14 @@ from torch import nn
 
 from glmha.archs.adapter import Tokens
 from glmha.archs.base import IMAGE_RESTORATION, RestorationModel, count_indices, shape_of
-from glmha.archs.mdta import GLMHARestormerAttention, MDTAAdapter
-from glmha.archs.restormer import LAYERNORM_TYPES, LayerNorm, _expansion_factor, _PatchEmbed, _Resample
+from glmha.archs.mdta import GLMHARestormerAttention, MDTAAdapter, RestormerAttention
+from glmha.archs.restormer import (
+    LAYERNORM_TYPES,
+    TransformerBlock,
+    _expansion_factor,
+    _PatchEmbed,
+    _Resample,
+)
 from glmha.config import StrictConfig
 from glmha.errors import ArchitectureError, InputShapeError
 from glmha.layers import CSALayer, GLMHALayer, GLMHASettings
@@ -125,42 +131,26 @@ def sparse_attention(logits: torch.Tensor, value: torch.Tensor, weights: Sequenc
     return out
 
 
-class TopKAttention(CSALayer):
-    """TKSA: Restormer's Q, K, V (1x1 conv C -> 3C, depthwise 3x3, chunks Q|K|V, head-major heads, L2
-    normalised along the N pixels), logits temperature * Q^ K^T (d x d per head), then four top-k sparse
-    softmax branches mixed by the learnable scalars attn1..attn4, then a 1x1 output projection."""
+class TopKAttention(RestormerAttention):
+    """TKSA: MDTA (Restormer's Q, K, V, L2 norms and temperature) whose logits go through four top-k sparse
+    softmax branches mixed by the learnable scalars attn1..attn4. A kind of its own for the converter: its
+    adapter (TOPK_ADAPTER) is registered for this exact class."""
 
     def __init__(self, channels: int, num_heads: int, bias: bool) -> None:
-        super().__init__()
         if channels % num_heads:
             raise ArchitectureError(f"DRSformer: {channels} channels do not split into {num_heads} heads")
         topk_counts(channels // num_heads)  # refuses heads of fewer than 2 channels here, not at run time
-        self.channels = channels
-        self.num_heads = num_heads
-        self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1))
-        self.qkv = nn.Conv2d(channels, channels * 3, 1, bias=bias)
-        self.qkv_dwconv = nn.Conv2d(channels * 3, channels * 3, 3, padding=1, groups=channels * 3, bias=bias)
-        self.project_out = nn.Conv2d(channels, channels, 1, bias=bias)
-        self.attn1 = nn.Parameter(torch.tensor([BRANCH_INIT]))
-        self.attn2 = nn.Parameter(torch.tensor([BRANCH_INIT]))
-        self.attn3 = nn.Parameter(torch.tensor([BRANCH_INIT]))
-        self.attn4 = nn.Parameter(torch.tensor([BRANCH_INIT]))
+        super().__init__(channels, num_heads, bias)
+        add_branch_weights(self)
 
-    @property
-    def branch_weights(self) -> tuple[torch.Tensor, ...]:
-        return (self.attn1, self.attn2, self.attn3, self.attn4)
+    def combine(self, logits: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        return sparse_attention(logits, value, (self.attn1, self.attn2, self.attn3, self.attn4))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        q, k, v = self.qkv_dwconv(self.qkv(x)).chunk(3, dim=1)  # 3 x (b, C, h, w)
-        q = q.reshape(b, self.num_heads, -1, h * w)  # (b, heads, d, N)
-        k = k.reshape(b, self.num_heads, -1, h * w)  # (b, heads, d, N)
-        v = v.reshape(b, self.num_heads, -1, h * w)  # (b, heads, d, N)
-        q = F.normalize(q, dim=-1)
-        k = F.normalize(k, dim=-1)
-        logits = (q @ k.transpose(-2, -1)) * self.temperature  # (b, heads, d, d)
-        out = sparse_attention(logits, v, self.branch_weights)  # (b, heads, d, N)
-        return self.project_out(out.reshape(b, c, h, w))  # (b, C, h, w) head-major
+
+def add_branch_weights(layer: nn.Module) -> None:
+    """The four learnable branch weights attn1..attn4 (shape [1], the official initial 0.2)."""
+    for index in range(1, len(TOPK_FRACTIONS) + 1):
+        setattr(layer, f"attn{index}", nn.Parameter(torch.tensor([BRANCH_INIT])))
 
 
 # -- mixed-scale feed-forward network ------------------------------------------------------------------
@@ -172,15 +162,10 @@ class GLMHATopKAttention(GLMHARestormerAttention):
     keeps the same fraction of the d' reduced keys as of the d original ones (topk_counts(d')), so the layer
     is exact at C' = C."""
 
-    NEW_SUBMODULES = GLMHARestormerAttention.NEW_SUBMODULES
-
     def __init__(self, channels: int, num_heads: int, reduced: int, bias: bool, settings: GLMHASettings) -> None:
         super().__init__(channels, num_heads, reduced, bias, settings)
         topk_counts(reduced // num_heads)  # refuses d' < 2 here, not at the first forward pass
-        self.attn1 = nn.Parameter(torch.tensor([BRANCH_INIT]))
-        self.attn2 = nn.Parameter(torch.tensor([BRANCH_INIT]))
-        self.attn3 = nn.Parameter(torch.tensor([BRANCH_INIT]))
-        self.attn4 = nn.Parameter(torch.tensor([BRANCH_INIT]))
+        add_branch_weights(self)
 
     def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         logits = self.attention_logits(query, key, self.temperature)  # (b, heads, d, d')
@@ -228,21 +213,6 @@ class MixedScaleFeedForward(nn.Module):
         a = F.relu(self.dwconv3x3_1(torch.cat([a3, a5], dim=1)))  # (b, F, h, w)
         b = F.relu(self.dwconv5x5_1(torch.cat([b3, b5], dim=1)))  # (b, F, h, w)
         return self.project_out(torch.cat([a, b], dim=1))
-
-
-class DRSformerBlock(nn.Module):
-    """Sparse transformer block: x + TKSA(LN(x)), then + MSFN(LN(x))."""
-
-    def __init__(self, channels: int, heads: int, expansion: float, bias: bool, ln: str) -> None:
-        super().__init__()
-        self.norm1 = LayerNorm(channels, ln)
-        self.attn = TopKAttention(channels, heads, bias)
-        self.norm2 = LayerNorm(channels, ln)
-        self.ffn = MixedScaleFeedForward(channels, expansion, bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.ffn(self.norm2(x))
 
 
 # -- mixture-of-experts feature compensator ----------------------------------------------------------
@@ -351,6 +321,7 @@ class DRSformer(RestorationModel):
     calibration_kind = "sample photographs with synthetic rain"
     config_class = DRSformerConfig
     task = IMAGE_RESTORATION
+    downsamplings = 3
     attention_adapters = (TOPK_ADAPTER,)
     licence = "none stated (no licence file: all rights reserved)"
 
@@ -361,7 +332,8 @@ class DRSformer(RestorationModel):
 
         def stage(channels: int, heads: int, blocks: int) -> nn.Sequential:
             return nn.Sequential(*[
-                DRSformerBlock(channels, heads, cfg.ffn_expansion_factor, cfg.bias, cfg.layernorm_type)
+                TransformerBlock(channels, heads, cfg.ffn_expansion_factor, cfg.bias, cfg.layernorm_type,
+                                 attention=TopKAttention, feed_forward=MixedScaleFeedForward)
                 for _ in range(blocks)
             ])
 
@@ -415,7 +387,7 @@ class DRSformer(RestorationModel):
         parent, _, leaf = csa_name.rpartition(".")
         if leaf != "attn":
             raise ArchitectureError(f"{csa_name} is not the attention of a DRSformer transformer block")
-        return parent, False  # DRSformerBlock returns x + attn + ffn: the block output itself
+        return parent, False  # the block returns x + attn + ffn: the block output itself
 
     # -- detection and inference ---------------------------------------------------------------
 
@@ -473,51 +445,18 @@ class DRSformer(RestorationModel):
 
     # -- inputs --------------------------------------------------------------------------------
 
-    def check_input_size(self, height: int, width: int) -> None:
-        if height < 8 or width < 8 or height % 8 or width % 8:
-            raise InputShapeError(
-                f"DRSformer needs height and width that are multiples of 8 (three 2x "
-                f"down-samplings); got {height}x{width}"
-            )
-
-    @property
-    def input_channels(self) -> int:
-        return self.config.inp_channels
-
-    @property
-    def output_channels(self) -> int:
-        return self.config.out_channels
-
-    @property
-    def size_multiple(self) -> int:
-        return 8
-
     def calibration_samples(self, side: int, count: int) -> tuple[torch.Tensor, ...]:
-        """Centre crops of the offline training photographs (never the held-out ones) with synthetic rain
-        streaks (glmha.data.degrade's default RainSpec, seed CALIBRATION_SEED + i), in [0, 1] as the
-        official test script feeds rainy images; the photographs are cycled when count exceeds them.
-        Grey models get the luminance."""
+        """Centre crops of the offline training photographs with synthetic rain streaks (glmha.data.degrade's
+        default RainSpec, seed CALIBRATION_SEED + i), in [0, 1] as the official test script feeds rainy
+        images. Grey models get the luminance."""
         from glmha.data.degrade import RainSpec, degrade, seeded_generator
-        from glmha.data.sample_images import TRAIN_IMAGES, load_sample
+        from glmha.data.sample_images import training_crops
 
         self.check_input_size(side, side)
-        channels = self.config.inp_channels
-        if channels not in (1, 3):
-            raise ArchitectureError(f"DRSformer with {channels} input channels has no offline calibration "
-                                    f"images; give some with --calib")
         rain = RainSpec()
-        samples = []
-        for index in range(count):
-            name = TRAIN_IMAGES[index % len(TRAIN_IMAGES)]
-            image = load_sample(name)  # (3, H, W)
-            if min(image.shape[1:]) < side:
-                raise InputShapeError(f"the offline calibration photograph '{name}' is "
-                                      f"{image.shape[1]}x{image.shape[2]}, smaller than {side}x{side}")
-            top, left = (image.shape[1] - side) // 2, (image.shape[2] - side) // 2
-            crop = image[:, top:top + side, left:left + side]  # (3, side, side)
-            samples.append(degrade(rain, crop, seeded_generator(CALIBRATION_SEED + index)))
-        rgb = torch.stack(samples)  # (count, 3, side, side)
-        return (rgb,) if channels == 3 else (rgb.mean(dim=1, keepdim=True),)
+        rainy = [degrade(rain, crop, seeded_generator(CALIBRATION_SEED + index))
+                 for index, crop in enumerate(training_crops(side, count))]
+        return self.grey_or_rgb(torch.stack(rainy))  # (count, 3, side, side)
 
 
 def _check_branch_weights(keys: Sequence[str]) -> None:

@@ -43,8 +43,12 @@ class RestormerAttention(CSALayer):
         q = F.normalize(q, dim=-1)
         k = F.normalize(k, dim=-1)
         attn = (q @ k.transpose(-2, -1)) * self.temperature  # (b, heads, d, d)
-        out = attn.softmax(dim=-1) @ v  # (b, heads, d, N)
+        out = self.combine(attn, v)  # (b, heads, d, N)
         return self.project_out(out.reshape(b, c, h, w))
+
+    def combine(self, logits: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """(b, heads, d, d) logits and (b, heads, d, N) values -> (b, heads, d, N): a softmax over the keys."""
+        return logits.softmax(dim=-1) @ value
 
 
 class GLMHARestormerAttention(GLMHALayer):

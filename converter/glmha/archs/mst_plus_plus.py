@@ -49,6 +49,7 @@ class MSTPlusPlus(RestorationModel):
     title = "MST++"
     calibration_kind = "synthetic RGB scenes"
     task = RGB_TO_SPECTRUM
+    channel_fields = ("in_channels", "out_channels")
     selection_metric = "mrae"  # NTIRE 2022's ranking metric, which the official training keeps its best by
     licence = "MIT"
     attention_adapters = (SPECTRAL_ADAPTER,)
@@ -135,10 +136,3 @@ class MSTPlusPlus(RestorationModel):
                     f"pixels; got {height}x{width}"
                 )
 
-    @property
-    def input_channels(self) -> int:
-        return self.config.in_channels
-
-    @property
-    def output_channels(self) -> int:
-        return self.config.out_channels

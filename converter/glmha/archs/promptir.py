@@ -34,7 +34,7 @@ from glmha.archs.base import IMAGE_RESTORATION, RestorationModel, count_indices,
 from glmha.archs.mdta import MDTA_ADAPTER
 from glmha.archs.restormer import TransformerBlock, _expansion_factor, _PatchEmbed, _Resample
 from glmha.config import StrictConfig
-from glmha.errors import ArchitectureError, InputShapeError
+from glmha.errors import ArchitectureError
 
 LEVELS = 4  # three down-samplings, so H and W must be multiples of 8
 LAYERNORM_TYPES = ("WithBias", "BiasFree")
@@ -129,6 +129,7 @@ class PromptIR(RestorationModel):
     calibration_kind = "sample photographs"
     config_class = PromptIRConfig
     task = IMAGE_RESTORATION
+    downsamplings = 3
     licence = "Academic Public License (non-commercial)"
     attention_adapters = (MDTA_ADAPTER,)
 
@@ -277,45 +278,13 @@ class PromptIR(RestorationModel):
 
     # -- inputs --------------------------------------------------------------------------------
 
-    def check_input_size(self, height: int, width: int) -> None:
-        if height < 8 or width < 8 or height % 8 or width % 8:
-            raise InputShapeError(
-                f"PromptIR needs height and width that are multiples of 8 (three 2x "
-                f"down-samplings); got {height}x{width}"
-            )
-
-    @property
-    def input_channels(self) -> int:
-        return self.config.inp_channels
-
-    @property
-    def output_channels(self) -> int:
-        return self.config.out_channels
-
-    @property
-    def size_multiple(self) -> int:
-        return 8
-
     def calibration_samples(self, side: int, count: int) -> tuple[torch.Tensor, ...]:
-        """Centre crops of the offline training photographs (never the held-out ones), in [0, 1] as the
-        official pipeline feeds the model; grey models get the luminance."""
-        from glmha.data.sample_images import TRAIN_IMAGES, load_sample
+        """Centre crops of the offline training photographs, in [0, 1] as the official pipeline feeds the
+        model; grey models get the luminance."""
+        from glmha.data.sample_images import training_crops
 
         self.check_input_size(side, side)
-        channels = self.config.inp_channels
-        if channels not in (1, 3):
-            raise ArchitectureError(f"PromptIR with {channels} input channels has no offline calibration "
-                                    f"images; give some with --calib")
-        crops = []
-        for name in TRAIN_IMAGES[:count]:
-            image = load_sample(name)  # (3, H, W)
-            if min(image.shape[1:]) < side:
-                raise InputShapeError(f"the offline calibration photograph '{name}' is "
-                                      f"{image.shape[1]}x{image.shape[2]}, smaller than {side}x{side}")
-            top, left = (image.shape[1] - side) // 2, (image.shape[2] - side) // 2
-            crops.append(image[:, top:top + side, left:left + side])
-        rgb = torch.stack(crops)  # (count, 3, side, side)
-        return (rgb,) if channels == 3 else (rgb.mean(dim=1, keepdim=True),)
+        return self.grey_or_rgb(training_crops(side, count))
 
     def block_output(self, csa_name: str) -> tuple[str, bool]:
         parent, _, leaf = csa_name.rpartition(".")

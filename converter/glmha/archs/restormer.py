@@ -18,7 +18,7 @@ from torch import nn
 from glmha.archs.base import IMAGE_RESTORATION, RestorationModel, count_indices, shape_of
 from glmha.archs.mdta import MDTA_ADAPTER, RestormerAttention
 from glmha.config import StrictConfig
-from glmha.errors import ArchitectureError, InputShapeError
+from glmha.errors import ArchitectureError
 
 LEVELS = 4  # three down-samplings, so H and W must be multiples of 8
 LAYERNORM_TYPES = ("WithBias", "BiasFree")
@@ -100,12 +100,16 @@ class GatedDconvFeedForward(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, channels: int, heads: int, expansion: float, bias: bool, ln: str) -> None:
+    """x + attention(LN(x)), then + feed-forward(LN(x)); relatives swap the attention or the feed-forward."""
+
+    def __init__(self, channels: int, heads: int, expansion: float, bias: bool, ln: str, *,
+                 attention: type[nn.Module] = RestormerAttention,
+                 feed_forward: type[nn.Module] = GatedDconvFeedForward) -> None:
         super().__init__()
         self.norm1 = LayerNorm(channels, ln)
-        self.attn = RestormerAttention(channels, heads, bias)
+        self.attn = attention(channels, heads, bias)
         self.norm2 = LayerNorm(channels, ln)
-        self.ffn = GatedDconvFeedForward(channels, expansion, bias)
+        self.ffn = feed_forward(channels, expansion, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
@@ -140,6 +144,7 @@ class Restormer(RestorationModel):
     calibration_kind = "sample photographs"
     config_class = RestormerConfig
     task = IMAGE_RESTORATION
+    downsamplings = 3
     licence = "Academic Public License (non-commercial)"
     attention_adapters = (MDTA_ADAPTER,)
 
@@ -251,49 +256,16 @@ class Restormer(RestorationModel):
 
     # -- inputs --------------------------------------------------------------------------------
 
-    def check_input_size(self, height: int, width: int) -> None:
-        if height < 8 or width < 8 or height % 8 or width % 8:
-            raise InputShapeError(
-                f"Restormer needs height and width that are multiples of 8 (three 2x "
-                f"down-samplings); got {height}x{width}"
-            )
-
-    @property
-    def input_channels(self) -> int:
-        return self.config.inp_channels
-
-    @property
-    def output_channels(self) -> int:
-        return self.config.out_channels
-
-    @property
-    def size_multiple(self) -> int:
-        return 8
-
     def calibration_samples(self, side: int, count: int) -> tuple[torch.Tensor, ...]:
-        """Centre crops of the offline training photographs (never the held-out ones), in [0, 1]:
-        grey models get the luminance, dual-pixel models the same view twice."""
-        from glmha.data.sample_images import TRAIN_IMAGES, load_sample
+        """Centre crops of the offline training photographs, in [0, 1]: grey models get the luminance,
+        dual-pixel models the same view twice."""
+        from glmha.data.sample_images import training_crops
 
         self.check_input_size(side, side)
-        crops = []
-        for name in TRAIN_IMAGES[:count]:
-            image = load_sample(name)  # (3, H, W)
-            if min(image.shape[1:]) < side:
-                raise InputShapeError(f"the offline calibration photograph '{name}' is "
-                                      f"{image.shape[1]}x{image.shape[2]}, smaller than {side}x{side}")
-            top, left = (image.shape[1] - side) // 2, (image.shape[2] - side) // 2
-            crops.append(image[:, top:top + side, left:left + side])
-        rgb = torch.stack(crops)  # (count, 3, side, side)
-        channels = self.config.inp_channels
-        if channels == 3:
-            return (rgb,)
-        if channels == 1:
-            return (rgb.mean(dim=1, keepdim=True),)
-        if channels == 6 and self.config.dual_pixel_task:
+        rgb = training_crops(side, count)  # (count, 3, side, side)
+        if self.config.inp_channels == 6 and self.config.dual_pixel_task:
             return (torch.cat([rgb, rgb], dim=1),)
-        raise ArchitectureError(f"Restormer with {channels} input channels has no offline calibration "
-                                f"images; give some with --calib")
+        return self.grey_or_rgb(rgb)
 
     def block_output(self, csa_name: str) -> tuple[str, bool]:
         parent, _, leaf = csa_name.rpartition(".")

@@ -33,7 +33,6 @@ from glmha.errors import ArchitectureError, InputShapeError
 from glmha.layers import CSALayer
 
 LEVELS = 2  # the official RetinexFormer hard-codes two down-samplings per stage
-SIZE_MULTIPLE = 2**LEVELS
 IMAGE_CHANNELS = 3  # the estimator reads RGB + its mean (4 channels) and returns a 3-channel map
 ESTIMATOR_GROUPS = 4  # groups of the estimator's 5x5 conv (the official n_fea_in)
 # darkening of the calibration photographs, cycled by sample index: low = scale * clean ** gamma
@@ -207,6 +206,8 @@ class Retinexformer(RestorationModel):
     licence = "MIT"
     config_class = RetinexformerConfig
     task = IMAGE_RESTORATION
+    downsamplings = LEVELS
+    channel_fields = ("in_channels", "out_channels")
     attention_adapters = (ILLUMINATION_ADAPTER,)
 
     def __init__(self, **kwargs: object) -> None:
@@ -261,23 +262,6 @@ class Retinexformer(RestorationModel):
 
     # -- inputs --------------------------------------------------------------------------------
 
-    def check_input_size(self, height: int, width: int) -> None:
-        if height < SIZE_MULTIPLE or width < SIZE_MULTIPLE or height % SIZE_MULTIPLE or width % SIZE_MULTIPLE:
-            raise InputShapeError(f"Retinexformer needs height and width that are multiples of 4 (two 2x "
-                                  f"down-samplings); got {height}x{width}")
-
-    @property
-    def input_channels(self) -> int:
-        return self.config.in_channels
-
-    @property
-    def output_channels(self) -> int:
-        return self.config.out_channels
-
-    @property
-    def size_multiple(self) -> int:
-        return SIZE_MULTIPLE
-
     def calibration_samples(self, side: int, count: int) -> tuple[torch.Tensor, ...]:
         """Centre crops of the offline training photographs (never the held-out ones), darkened to
         scale * clean ** gamma with scale 0.1..0.3 and gamma 1.4..2.2 cycled by index. Why dark: the
@@ -285,18 +269,11 @@ class Retinexformer(RestorationModel):
         of about 0.05-0.2), and its illumination map multiplies the image, so well-exposed photographs
         would calibrate the attention on activations it never sees. More samples than photographs reuse
         them with another darkening."""
-        from glmha.data.sample_images import TRAIN_IMAGES, load_sample
+        from glmha.data.sample_images import training_crops
 
         self.check_input_size(side, side)
         samples = []
-        for index in range(count):
-            name = TRAIN_IMAGES[index % len(TRAIN_IMAGES)]
-            image = load_sample(name)  # (3, H, W)
-            if min(image.shape[1:]) < side:
-                raise InputShapeError(f"the offline calibration photograph '{name}' is "
-                                      f"{image.shape[1]}x{image.shape[2]}, smaller than {side}x{side}")
-            top, left = (image.shape[1] - side) // 2, (image.shape[2] - side) // 2
-            crop = image[:, top:top + side, left:left + side]
+        for index, crop in enumerate(training_crops(side, count)):
             scale, gamma = DARK_SCALES[index % len(DARK_SCALES)], DARK_GAMMAS[index % len(DARK_GAMMAS)]
             samples.append(scale * crop.pow(gamma))
         return (torch.stack(samples),)  # (count, 3, side, side)

@@ -175,12 +175,54 @@ class RainSpec(StrictConfig):
         _range("intensity", self.intensity, low=0.0, high=1.0)
 
 
-DegradeSpec = GaussianNoiseSpec | GaussianBlurSpec | RainSpec
+@dataclass(frozen=True)
+class LowLightSpec(StrictConfig):
+    """Synthetic under-exposure, the usual recipe for synthetic low-light pairs (Lv et al., MBLLEN /
+    AgLLNet; Wei et al., physics-based noise): darken, then add signal-dependent sensor noise, clip.
+
+    Per image, in this order: exposure e, gamma g, shot a and read r are each drawn uniformly in their
+    [low, high] range (a fixed value draws nothing); then
+
+        dark  = e * clip(clean, 0, 1) ** g          (gamma > 1 darkens the mid-tones more than the highlights)
+        noisy = dark + sqrt(a * dark + (r / 255) ** 2) * n,   n ~ N(0, 1) per pixel and channel
+        low   = clip(noisy, 0, 1)
+
+    i.e. the Poisson-Gaussian noise model in its heteroscedastic Gaussian form: shot noise of variance
+    a * dark (on the [0, 1] scale) plus read noise of standard deviation r on the 0-255 scale, like the
+    other specs' sigma. Clipped because real captures are: near black the noise is then biased upwards.
+    No n is drawn when a = r = 0. Ranges: exposure in (0, 1], gamma in [1, 5], shot in [0, 1], read in
+    [0, 255]. Defaults: exposure [0.05, 0.3], gamma [1.5, 2.5], shot [5e-4, 5e-3], read [0.5, 2]
+    (0-255): mean pixel values of about 0.01-0.1, the range of real captures such as LOL's low images.
+    """
+
+    type: str = "low_light"
+    exposure: float | tuple[float, ...] = (0.05, 0.3)
+    gamma: float | tuple[float, ...] = (1.5, 2.5)
+    shot: float | tuple[float, ...] = (5e-4, 5e-3)
+    read: float | tuple[float, ...] = (0.5, 2.0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_type(self, "low_light")
+        self.bounds()
+
+    def bounds(self) -> dict[str, tuple[float, float]]:
+        """Each field as a validated (low, high) pair, in drawing order."""
+        return {
+            "exposure": _range("exposure", self.exposure, low=0.0, high=1.0, strict_low=True),
+            "gamma": _range("gamma", self.gamma, low=1.0, high=5.0),
+            "shot": _range("shot", self.shot, low=0.0, high=1.0),
+            "read": _range("read", self.read, low=0.0, high=255.0),
+        }
+
+
+DegradeSpec = GaussianNoiseSpec | GaussianBlurSpec | RainSpec | LowLightSpec
 
 DEGRADATIONS: dict[str, type] = {
     "gaussian_noise": GaussianNoiseSpec,
     "gaussian_blur": GaussianBlurSpec,
     "rain": RainSpec,
+    "low_light": LowLightSpec,
 }
 
 
@@ -189,11 +231,11 @@ DEGRADATIONS: dict[str, type] = {
 
 def margin(spec: DegradeSpec) -> int:
     """Context pixels a crop needs on each side so that degrading the crop and cutting the margin off
-    equals cropping the degraded whole image (exactly, for blur without noise). Noise is per pixel and
-    rain streaks are drawn on the crop itself, so they need none."""
+    equals cropping the degraded whole image (exactly, for blur without noise). Noise and low light are
+    per pixel and rain streaks are drawn on the crop itself, so they need none."""
     if isinstance(spec, GaussianBlurSpec):
         return spec.radius(_range("sigma", spec.sigma, low=0.0)[1])
-    if isinstance(spec, (GaussianNoiseSpec, RainSpec)):
+    if isinstance(spec, (GaussianNoiseSpec, RainSpec, LowLightSpec)):
         return 0
     raise GlmhaError(f"unknown degradation {type(spec).__name__}")
 
@@ -210,6 +252,8 @@ def degrade(spec: DegradeSpec, clean: torch.Tensor, generator: torch.Generator) 
         return _blur(spec, clean, generator)
     if isinstance(spec, RainSpec):
         return _rain(spec, clean, generator)
+    if isinstance(spec, LowLightSpec):
+        return _low_light(spec, clean, generator)
     raise GlmhaError(f"unknown degradation {type(spec).__name__}")
 
 
@@ -296,3 +340,16 @@ def _rain(spec: RainSpec, clean: torch.Tensor, generator: torch.Generator) -> to
     streaks = streaks.clamp_(max=1.0).view(1, height, width)  # (1, H, W)
     streaks = streaks.to(device=clean.device, dtype=clean.dtype)
     return (clean + intensity * streaks).clamp_(0.0, 1.0)
+
+
+def _low_light(spec: LowLightSpec, clean: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """LowLightSpec's model; the noise is drawn on the CPU in float32 (as add_gaussian_noise does), so a
+    seed gives the same image on any device."""
+    exposure, gamma, shot, read = (_draw(bounds, generator) for bounds in spec.bounds().values())
+    dark = clean.clamp(0.0, 1.0).pow(gamma).mul_(exposure)  # clamp first: a negative base has no real power
+    if shot == 0 and read == 0:
+        return dark
+    noise = torch.randn(clean.shape, generator=generator, dtype=torch.float32)
+    noise = noise.to(device=clean.device, dtype=clean.dtype)
+    std = (dark * shot).add_((read / 255.0) ** 2).sqrt_()
+    return dark.add_(std * noise).clamp_(0.0, 1.0)

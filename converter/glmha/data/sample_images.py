@@ -26,7 +26,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from glmha.errors import GlmhaError
+from glmha.errors import GlmhaError, InputShapeError
 
 COLOUR_IMAGES: tuple[str, ...] = (
     "astronaut", "chelsea", "coffee", "rocket", "motorcycle", "hubble_deep_field",
@@ -86,3 +86,18 @@ def test_images() -> list[tuple[str, torch.Tensor]]:
 # The names start with "test": keep pytest from collecting them when a test module imports them.
 test_images.__test__ = False  # type: ignore[attr-defined]
 train_images.__test__ = False  # type: ignore[attr-defined]
+
+
+def training_crops(side: int, count: int) -> torch.Tensor:
+    """(count, 3, side, side): centre crops of the training photographs (never the held-out ones), cycled
+    when `count` exceeds them; what the image families calibrate on when the user gives no images."""
+    crops = []
+    for index in range(count):
+        name = TRAIN_IMAGES[index % len(TRAIN_IMAGES)]
+        image = load_sample(name)  # (3, H, W)
+        if min(image.shape[1:]) < side:
+            raise InputShapeError(f"the offline calibration photograph '{name}' is "
+                                  f"{image.shape[1]}x{image.shape[2]}, smaller than {side}x{side}")
+        top, left = (image.shape[1] - side) // 2, (image.shape[2] - side) // 2
+        crops.append(image[:, top:top + side, left:left + side])
+    return torch.stack(crops)
