@@ -29,8 +29,15 @@ def _official_file(family: str, folder: Path) -> tuple[Path, torch.nn.Module]:
                 param.mul_(0.05)
     state = model.state_dict()
     path = folder / f"{family}.pth"
-    if family == "promptir":  # PyTorch Lightning: the LightningModule's `net` attribute
-        torch.save({"state_dict": {f"net.{k}": v for k, v in state.items()}, "epoch": 3}, path)
+    if family == "promptir":  # PyTorch Lightning: the LightningModule's `net` attribute, with trainer state
+        torch.save({"epoch": 3, "global_step": 120, "pytorch-lightning_version": "2.0.1",
+                    "state_dict": {f"net.{k}": v for k, v in state.items()},
+                    "loops": {"fit_loop": {"epoch_progress": {"total": {"ready": 4, "completed": 3}}}},
+                    "callbacks": {"ModelCheckpoint{'monitor': None}": {"best_model_score": torch.tensor(0.1),
+                                                                       "best_model_path": "ckpt/epoch=3.ckpt"}},
+                    "optimizer_states": [{"state": {0: {"step": torch.tensor(120.0)}},
+                                          "param_groups": [{"lr": 2e-4, "betas": (0.9, 0.999), "params": [0]}]}],
+                    "lr_schedulers": [{"base_lrs": [2e-4], "last_epoch": 3, "warmup_epochs": 15}]}, path)
     else:  # basicsr: {'params': ...}
         torch.save({"params": state}, path)
     return path, model
