@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from glmha.archs import MST, DRSformer, MSTPlusPlus, PromptIR, Restormer, Retinexformer
+from glmha.archs import MST, AdaIR, DRSformer, MSTPlusPlus, PromptIR, Restormer, Retinexformer, XRestormer
 from glmha.cli.convert import main as convert_main
 from glmha.convert.api import analyse, plan
 from glmha.report import describe, giga
@@ -34,6 +34,8 @@ PUBLISHED = [
     ("MST-M", MST, {"num_blocks": (2, 4, 4)}),
     ("MST-L", MST, {}),
     ("PromptIR (all-in-one)", PromptIR, {}),
+    ("AdaIR (all-in-one)", AdaIR, {}),
+    ("X-Restormer (all five tasks)", XRestormer, {}),
     ("DRSformer (Rain200H, DID, DDN)", DRSformer, {}),
     ("DRSformer (Rain200L, SPA-Data)", DRSformer, {"mefc": False}),
     ("Retinexformer (all published)", Retinexformer, {}),

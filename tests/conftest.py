@@ -17,7 +17,17 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 
-from glmha.archs import MST, DRSformer, MSTPlusPlus, PromptIR, RestorationModel, Restormer, Retinexformer
+from glmha.archs import (
+    MST,
+    AdaIR,
+    DRSformer,
+    MSTPlusPlus,
+    PromptIR,
+    RestorationModel,
+    Restormer,
+    Retinexformer,
+    XRestormer,
+)
 
 
 def randomise(model: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -114,6 +124,31 @@ def random_retinexformer_config(rng: random.Random) -> dict:
                 num_blocks=tuple(rng.choice([1, 2]) for _ in range(3)))
 
 
+def random_adair_config(rng: random.Random) -> dict:
+    """dim 8 at least (the frequency gates divide it by 8); the frequency blocks use heads[2] at 2*dim."""
+    return dict(
+        dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=rng.choice([0, 1]),
+        heads=(rng.choice([1, 2]), rng.choice([1, 2]), rng.choice([1, 2, 4]), rng.choice([2, 4])),
+        ffn_expansion_factor=rng.choice([2.66, 1.5]), bias=rng.random() < 0.3,
+        layernorm_type=rng.choice(["WithBias", "BiasFree"]),
+    )
+
+
+def random_xrestormer_config(rng: random.Random) -> dict:
+    """Window 8 (what inference assumes); inputs must be multiples of 64 (TEST_SIDE)."""
+    dim = 4 * rng.choice([1, 2])
+    channels = rng.choice([1, 3])
+    return dict(
+        inp_channels=channels, out_channels=channels, dim=dim, num_blocks=(1, 1, 1, 1),
+        num_refinement_blocks=rng.choice([0, 1]),
+        channel_heads=(rng.choice([1, 2]), rng.choice([1, 2]), rng.choice([1, 2, 4]), rng.choice([2, 4])),
+        spatial_heads=tuple(rng.choice([1, 2]) for _ in range(4)),
+        overlap_ratio=tuple(rng.choice([0.0, 0.5]) for _ in range(4)),
+        spatial_dim_head=rng.choice([2, 4]), ffn_expansion_factor=rng.choice([2.66, 1.5]),
+        bias=rng.random() < 0.3, layernorm_type=rng.choice(["WithBias", "BiasFree"]),
+    )
+
+
 RANDOM_CONFIGS = {
     "restormer": (Restormer, random_restormer_config),
     "mst_plus_plus": (MSTPlusPlus, random_mst_plus_plus_config),
@@ -121,7 +156,14 @@ RANDOM_CONFIGS = {
     "promptir": (PromptIR, random_promptir_config),
     "drsformer": (DRSformer, random_drsformer_config),
     "retinexformer": (Retinexformer, random_retinexformer_config),
+    "adair": (AdaIR, random_adair_config),
+    "xrestormer": (XRestormer, random_xrestormer_config),
 }
+TEST_SIDE = {"mst": 64, "xrestormer": 64}  # the smallest convenient input side of a family's tiny models
+
+
+def side_for(family: str) -> int:
+    return TEST_SIDE.get(family, 16)
 
 
 def tiny_model(family: str, seed: int = 0) -> RestorationModel:

@@ -28,7 +28,8 @@ from glmha.report import describe
 from conftest import RANDOM_CONFIGS, example_batch, randomise
 from distill_helpers import recipe_dict
 
-SIZES = {"restormer": 16, "mst_plus_plus": 16, "mst": 32, "promptir": 16, "drsformer": 16, "retinexformer": 16}
+SIZES = {"restormer": 16, "mst_plus_plus": 16, "mst": 32, "promptir": 16, "drsformer": 16, "retinexformer": 16,
+         "adair": 16, "xrestormer": 64}
 TEACHER = Path(__file__).resolve().parents[1] / "checkpoints" / "restormer_denoise_s25.pth"
 
 

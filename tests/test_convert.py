@@ -21,7 +21,8 @@ from glmha.report import describe
 
 from conftest import example_batch, randomise, tiny_model
 
-SIZES = {"restormer": 16, "mst_plus_plus": 16, "mst": 64, "promptir": 16, "drsformer": 16, "retinexformer": 16}
+SIZES = {"restormer": 16, "mst_plus_plus": 16, "mst": 64, "promptir": 16, "drsformer": 16, "retinexformer": 16,
+         "adair": 16, "xrestormer": 64}
 
 
 def _full_width_patterns(model) -> list[str]:

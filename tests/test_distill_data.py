@@ -428,7 +428,7 @@ def test_rain() -> None:
 
 
 def test_spec_validation() -> None:
-    assert set(DEGRADATIONS) == {"gaussian_noise", "gaussian_blur", "rain"}
+    assert set(DEGRADATIONS) == {"gaussian_noise", "gaussian_blur", "rain", "low_light"}
     spec = DEGRADATIONS["gaussian_noise"].from_dict({"type": "gaussian_noise", "sigma": [5, 50]})
     assert spec == GaussianNoiseSpec(sigma=(5.0, 50.0)) and spec.to_dict() == {"type": "gaussian_noise",
                                                                                "sigma": [5.0, 50.0]}

@@ -231,10 +231,10 @@ def test_trainable_all_updates_copied_weights(tmp_path):
 
 def test_feature_points_are_the_block_outputs(family):
     """The tapped value of each block equals what the next block of the same stage receives."""
-    from glmha.archs import MST, DRSformer, MSTPlusPlus, PromptIR, Restormer, Retinexformer
+    from glmha.archs import MST, AdaIR, DRSformer, MSTPlusPlus, PromptIR, Restormer, Retinexformer, XRestormer
     from glmha.distill.losses import FeatureTap
 
-    from conftest import example_batch, randomise
+    from conftest import example_batch, randomise, side_for
 
     model = randomise({  # two blocks per level, so that consecutive blocks exist
         "restormer": lambda: Restormer(dim=8, num_blocks=(2, 2, 2, 2), num_refinement_blocks=2, heads=(1, 2, 2, 4),
@@ -246,11 +246,15 @@ def test_feature_points_are_the_block_outputs(family):
                                      prompt_len=2, prompt_sizes=(3, 2, 2)),
         "drsformer": lambda: DRSformer(dim=8, num_blocks=(2, 2, 2, 2), heads=(1, 2, 2, 4), mefc=True),
         "retinexformer": lambda: Retinexformer(n_feat=8, stage=1, num_blocks=(2, 2, 2)),
+        "adair": lambda: AdaIR(dim=8, num_blocks=(2, 2, 2, 2), num_refinement_blocks=2, heads=(1, 2, 2, 4)),
+        "xrestormer": lambda: XRestormer(dim=8, num_blocks=(2, 2, 2, 2), num_refinement_blocks=2,
+                                         channel_heads=(1, 2, 2, 4), spatial_heads=(1, 1, 2, 2),
+                                         spatial_dim_head=4),
     }[family](), 3)
     names = [name for name, _ in model.csa_layers()]
     points = [model.block_output(name) for name in names]
     # where a block starts: a pre-normed transformer block (parent of attn), or an MS-MSA attention itself
-    pre_normed = family in ("restormer", "promptir", "drsformer")
+    pre_normed = family in ("restormer", "promptir", "drsformer", "adair", "xrestormer")
     entries = [name.rpartition(".")[0] if pre_normed else name for name in names]
     modules = dict(model.named_modules())
     received = {}
@@ -263,7 +267,7 @@ def test_feature_points_are_the_block_outputs(family):
     handles = [modules[entry].register_forward_pre_hook(keep_input(entry)) for entry in entries]
     tap = FeatureTap(model, points)
     with torch.no_grad():
-        model(*example_batch(model, size=16))
+        model(*example_batch(model, size=side_for(family)))
     for handle in handles:
         handle.remove()
     tap.remove()

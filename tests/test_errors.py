@@ -138,6 +138,8 @@ def test_refused_pickle_says_why(tmp_path: Path) -> None:
         ("promptir", "100", "multiples of 8"),
         ("drsformer", "64x20", "multiples of 8"),
         ("retinexformer", "30", "multiples of 4"),
+        ("adair", "36", "multiples of 8"),
+        ("xrestormer", "96", "multiples of 64"),
     ],
 )
 def test_input_size_errors(family: str, size: str, phrase: str, tmp_path: Path, capsys) -> None:

@@ -13,11 +13,10 @@ from glmha.cli.convert import main as convert_main
 from glmha.distill import distill, parse_recipe
 from glmha.distill.engine import STUDENT_FILE
 
-from conftest import example_batch, tiny_model
+from conftest import example_batch, side_for, tiny_model
 from distill_helpers import recipe_dict
 
-NEW_FAMILIES = ("promptir", "drsformer", "retinexformer")
-SIZE = 16
+NEW_FAMILIES = ("promptir", "drsformer", "retinexformer", "adair", "xrestormer")
 
 
 def _official_file(family: str, folder: Path) -> tuple[Path, torch.nn.Module]:
@@ -29,7 +28,7 @@ def _official_file(family: str, folder: Path) -> tuple[Path, torch.nn.Module]:
                 param.mul_(0.05)
     state = model.state_dict()
     path = folder / f"{family}.pth"
-    if family == "promptir":  # PyTorch Lightning: the LightningModule's `net` attribute, with trainer state
+    if family in ("promptir", "adair"):  # Lightning: the LightningModule's `net` attribute, with trainer state
         torch.save({"epoch": 3, "global_step": 120, "pytorch-lightning_version": "2.0.1",
                     "state_dict": {f"net.{k}": v for k, v in state.items()},
                     "loops": {"fit_loop": {"epoch_progress": {"total": {"ready": 4, "completed": 3}}}},
@@ -51,9 +50,9 @@ def _outputs(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.
 @pytest.mark.parametrize("family", NEW_FAMILIES)
 def test_convert_at_energy_one_ratio_and_budget(family: str, tmp_path: Path, capsys) -> None:
     path, teacher = _official_file(family, tmp_path)
-    inputs = example_batch(teacher, SIZE)
+    inputs = example_batch(teacher, side_for(family))
     expected = _outputs(teacher, inputs)
-    size = ["--input-size", str(SIZE)]
+    size = ["--input-size", str(side_for(family))]
 
     # energy 1.0 keeps every channel: the model is unchanged, so nothing is written (full-width GLMHA layers
     # reproduce the teacher: tests/test_convert.py::test_energy_one_and_full_width_select_are_exact)
@@ -72,8 +71,8 @@ def test_convert_at_energy_one_ratio_and_budget(family: str, tmp_path: Path, cap
     assert torch.isfinite(_outputs(student, inputs)).all()
 
     budget = tmp_path / "budget.safetensors"
-    assert convert_main([str(path), "--target-macs", "0.99", "--calib-size", str(SIZE), "-o", str(budget),
-                         *size]) == 0
+    assert convert_main([str(path), "--target-macs", "0.99", "--calib-size", str(side_for(family)),
+                         "-o", str(budget), *size]) == 0
     planned = glmha.load(budget).record.conversion.plan["budget"]
     assert planned["requested"] == {"target_macs": 0.99}
     assert 0.98 <= planned["achieved"]["target_macs"] <= 0.99  # within 1 % of the budget, never over
@@ -82,8 +81,10 @@ def test_convert_at_energy_one_ratio_and_budget(family: str, tmp_path: Path, cap
 @pytest.mark.parametrize("family", NEW_FAMILIES)
 def test_short_distillation_exports_a_student(family: str, tmp_path: Path) -> None:
     path, _ = _official_file(family, tmp_path)
+    side = side_for(family)
     raw = recipe_dict(tmp_path, student={"ratio": 0.5, "allow_bigger": True},
-                      train={"steps": 2, "checkpoint_every": 2}, eval={"every": 2, "input_size": [32, 32]})
+                      data={"patch_size": side, "val_crop": max(32, side)},
+                      train={"steps": 2, "checkpoint_every": 2}, eval={"every": 2, "input_size": [side, side]})
     raw["teacher"] = str(path)
     lines: list[str] = []
     result = distill(parse_recipe(raw), progress=False, say=lines.append)

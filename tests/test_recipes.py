@@ -17,15 +17,16 @@ RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 def test_every_published_task_has_a_recipe():
     names = {p.stem for p in RECIPES}
     assert {"restormer_deraining", "restormer_motion_deblurring", "restormer_gaussian_color_denoising",
-            "restormer_real_denoising", "tiny_cpu", "mst_plus_plus_ntire2022", "mst_l_cassi_simulation"} <= names
+            "restormer_real_denoising", "tiny_cpu", "mst_plus_plus_ntire2022", "mst_l_cassi_simulation",
+            "retinexformer_lol_v1", "tiny_cpu_lowlight"} <= names
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
 def test_recipe_is_valid(path, monkeypatch):
     monkeypatch.chdir(ROOT)
-    shipped = path.stem in ("tiny_cpu", "restormer_denoise_s25", "tiny_cpu_spectral")
+    shipped = path.stem in ("tiny_cpu", "restormer_denoise_s25", "tiny_cpu_spectral", "tiny_cpu_lowlight")
     # official teachers and data are not shipped; the embedded default's student is written by README's command
-    recipe = load_recipe(path, check=path.stem in ("tiny_cpu", "tiny_cpu_spectral"))
+    recipe = load_recipe(path, check=path.stem in ("tiny_cpu", "tiny_cpu_spectral", "tiny_cpu_lowlight"))
     assert recipe.output.dir.startswith("runs/")
     assert recipe.data.patch_size % 8 == 0
     if not shipped:

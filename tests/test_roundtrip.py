@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 import glmha
 
-from conftest import RANDOM_CONFIGS, example_batch, randomise
+from conftest import RANDOM_CONFIGS, example_batch, randomise, side_for
 
 
 def _containers(state: dict[str, torch.Tensor], decoy: dict[str, torch.Tensor]) -> dict[str, object]:
@@ -51,7 +51,7 @@ def _save_all(model, tmp_path: Path, seed: int) -> list[Path]:
 def test_roundtrip_every_container(family: str, seed: int, tmp_path: Path) -> None:
     cls, make_config = RANDOM_CONFIGS[family]
     model = randomise(cls(**make_config(random.Random(1000 + seed))), seed)
-    size = 64 if family == "mst" else 16
+    size = side_for(family)
     inputs = example_batch(model, size, seed)
     with torch.no_grad():
         expected = model(*inputs)

@@ -3,6 +3,7 @@ attention kinds they use. Adding a family: its module, and one line in FAMILY_CL
 
 from __future__ import annotations
 
+from glmha.archs.adair import AdaIR
 from glmha.archs.adapter import AttentionAdapter
 from glmha.archs.base import RestorationModel, Task
 from glmha.archs.drsformer import DRSformer
@@ -11,6 +12,7 @@ from glmha.archs.mst_plus_plus import MSTPlusPlus, MSTPlusPlusConfig
 from glmha.archs.promptir import PromptIR
 from glmha.archs.restormer import Restormer, RestormerConfig
 from glmha.archs.retinexformer import Retinexformer
+from glmha.archs.xrestormer import XRestormer
 from glmha.errors import GlmhaError
 from glmha.layers import CSALayer
 
@@ -21,6 +23,8 @@ FAMILY_CLASSES: tuple[type[RestorationModel], ...] = (
     PromptIR,
     DRSformer,
     Retinexformer,
+    AdaIR,
+    XRestormer,
 )
 
 FAMILIES: dict[str, type[RestorationModel]] = {cls.family: cls for cls in FAMILY_CLASSES}
@@ -53,6 +57,7 @@ __all__ = [
     "FAMILIES",
     "FAMILY_CLASSES",
     "MST",
+    "AdaIR",
     "AttentionAdapter",
     "CSALayer",
     "DRSformer",
@@ -65,5 +70,6 @@ __all__ = [
     "RestormerConfig",
     "Retinexformer",
     "Task",
+    "XRestormer",
     "adapter_for",
 ]
