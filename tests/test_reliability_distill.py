@@ -12,7 +12,6 @@ import csv
 import errno
 import hashlib
 import json
-import multiprocessing
 import os
 import random
 import shutil
@@ -20,7 +19,6 @@ import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 import zipfile
 from collections.abc import Callable
@@ -38,7 +36,7 @@ from glmha.archs import MST, MSTPlusPlus
 from glmha.distill import RecipeError, distill, engine
 from glmha.distill import checkpointing as ckpt
 from glmha.distill.cli import main
-from glmha.distill.data import ImageSource, stop_workers, unwrap_worker_error
+from glmha.distill.data import stop_workers, unwrap_worker_error
 from glmha.distill.engine import build_student, load_teacher
 from glmha.errors import GlmhaError
 
@@ -185,30 +183,43 @@ def test_a_damaged_image_stops_the_run_before_it_starts(tmp_path, capsys, honour
     assert digest(tmp_path) == before
 
 
+DAMAGE_AFTER_CHECK = """
+import sys, tempfile
+from pathlib import Path
+from glmha.distill.cli import main
+from glmha.distill.data import ImageSource
+
+recipe, victim, temp = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+checked = ImageSource.verify
+
+def verify_then_damage(self, threads=None):
+    checked(self, threads)
+    if any(path == victim for path, _ in self.labelled_files()):
+        data = victim.read_bytes()
+        victim.write_bytes(data[: len(data) // 2])
+
+ImageSource.verify = verify_then_damage
+tempfile.tempdir = temp  # where the worker processes make their pymp-* folders
+sys.exit(main([recipe, "--no-progress"]))
+"""
+
+
 @pytest.mark.parametrize(("split", "folder", "key"), [("train", "train_in", "inputs"), ("val", "val", "clean")])
-def test_a_file_damaged_after_the_check_fails_in_a_worker_as_one_line(tmp_path, capsys, monkeypatch, split,
-                                                                      folder, key):
+def test_a_file_damaged_after_the_check_fails_in_a_worker_as_one_line(tmp_path, split, folder, key):
     """A file that breaks after the start-up check (a failing disk, a writer still at work) fails in a
     DataLoader worker process: the user gets the worker's one line, the run folder this run created
-    is removed, and the stopped workers leave no pymp-* folder in the temp directory."""
+    is removed, and the stopped workers leave no pymp-* folder in the temp directory. Run as a user runs
+    it, in a process of its own: forking DataLoader workers from inside the test runner's process, which
+    keeps its own threads, once left a worker's reply lost and the run waiting forever."""
     recipe = image_recipe(tmp_path, workers=2)
     victim = tmp_path / folder / "img1.png"
-    checked = ImageSource.verify
-
-    def verify_then_damage(self: ImageSource, threads: int | None = None) -> None:
-        checked(self, threads)
-        if any(path == victim for path, _ in self.labelled_files()):
-            truncate(victim)
-
-    monkeypatch.setattr(ImageSource, "verify", verify_then_damage)
     temp = tmp_path / "tmp"
     temp.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(temp))
-    # a worker makes its own pymp-* folder only when this process has none yet
-    monkeypatch.delitem(multiprocessing.current_process()._config, "tempdir", raising=False)
-    code, err = run_cli(capsys, recipe)
-    assert code == 1
-    one_error_line(err, f"data.{split}.{key}: image {victim}: cannot be read (OSError: image file is truncated)")
+    done = subprocess.run([sys.executable, "-c", DAMAGE_AFTER_CHECK, str(recipe), str(victim), str(temp)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    one_error_line(done.stderr, f"data.{split}.{key}: image {victim}: cannot be read "
+                                f"(OSError: image file is truncated)")
     assert not (tmp_path / "run").exists()
     assert sorted(p.name for p in temp.iterdir() if p.name.startswith("pymp-")) == []
 
