@@ -19,6 +19,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
 from collections.abc import Callable
@@ -205,16 +206,14 @@ sys.exit(main([recipe, "--no-progress"]))
 
 
 @pytest.mark.parametrize(("split", "folder", "key"), [("train", "train_in", "inputs"), ("val", "val", "clean")])
-def test_a_file_damaged_after_the_check_fails_in_a_worker_as_one_line(tmp_path, split, folder, key):
-    """A file that breaks after the start-up check (a failing disk, a writer still at work) fails in a
-    DataLoader worker process: the user gets the worker's one line, the run folder this run created
-    is removed, and the stopped workers leave no pymp-* folder in the temp directory. Run as a user runs
-    it, in a process of its own: forking DataLoader workers from inside the test runner's process, which
-    keeps its own threads, once left a worker's reply lost and the run waiting forever."""
+def test_a_file_damaged_after_the_check_fails_as_one_line(tmp_path, split, folder, key):
+    """A file that breaks after the start-up check (a failing disk, a writer still at work) fails where it is
+    read (a training DataLoader worker; validation reads in the main process): the user gets that one line,
+    the run folder this run created is removed, and the stopped workers leave no pymp-* folder in the temp
+    directory. Run as a user runs it, in a process of its own, with a timeout."""
     recipe = image_recipe(tmp_path, workers=2)
     victim = tmp_path / folder / "img1.png"
-    temp = tmp_path / "tmp"
-    temp.mkdir()
+    temp = Path(tempfile.mkdtemp(prefix="glmha-"))  # short: worker sockets live under it (see the next test)
     done = subprocess.run([sys.executable, "-c", DAMAGE_AFTER_CHECK, str(recipe), str(victim), str(temp)],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 1, done.stderr
@@ -222,6 +221,22 @@ def test_a_file_damaged_after_the_check_fails_in_a_worker_as_one_line(tmp_path, 
                                 f"(OSError: image file is truncated)")
     assert not (tmp_path / "run").exists()
     assert sorted(p.name for p in temp.iterdir() if p.name.startswith("pymp-")) == []
+    shutil.rmtree(temp)
+
+
+def test_a_temp_directory_too_long_for_worker_sockets_is_refused(tmp_path, capsys, monkeypatch):
+    """Workers hand batches back through a Unix socket under the temp directory; past the socket path limit
+    the worker's queue thread drops the batch and the run used to wait forever (seen under pytest-xdist's
+    long temp paths). Now one line says so before anything is written; without workers it runs."""
+    recipe = image_recipe(tmp_path, workers=2)
+    long_temp = tmp_path / ("t" * 60)
+    long_temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(long_temp))
+    code, err = run_cli(capsys, recipe)
+    assert code == 1
+    one_error_line(err, "data.workers: 2 worker processes need a temp directory path of at most 75 bytes",
+                   str(long_temp), "set TMPDIR to a shorter directory, or data.workers: 0")
+    assert not (tmp_path / "run").exists()
 
 
 class _Raises(Dataset):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -503,3 +504,20 @@ def stop_workers(loader: object) -> None:
         shutdown()
     if iterator is not None:
         base._iterator = None
+
+
+UNIX_SOCKET_PATH_MAX = 107  # bytes of an AF_UNIX socket path (sun_path is 108 with its NUL)
+_WORKER_SOCKET_SUFFIX = len("/pymp-xxxxxxxx/listener-xxxxxxxx")
+
+
+def check_worker_temp_dir(workers: int) -> None:
+    """Refuse, in one line, a temp directory whose path is too long for DataLoader workers: they hand tensors
+    to this process through a Unix socket made under it, and a path over the socket limit fails inside the
+    worker's queue thread, which drops the batch, so the run would wait for it forever."""
+    if workers == 0:
+        return
+    temp = tempfile.gettempdir()
+    if len(os.fsencode(temp)) + _WORKER_SOCKET_SUFFIX > UNIX_SOCKET_PATH_MAX:
+        raise GlmhaError(f"data.workers: {workers} worker processes need a temp directory path of at most "
+                          f"{UNIX_SOCKET_PATH_MAX - _WORKER_SOCKET_SUFFIX} bytes for their sockets, {temp} has "
+                          f"{len(os.fsencode(temp))}; set TMPDIR to a shorter directory, or data.workers: 0")

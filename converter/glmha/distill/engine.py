@@ -35,6 +35,7 @@ from glmha.distill.data import (
     ValImages,
     centre_crop,
     check_patch_size,
+    check_worker_temp_dir,
     open_source,
     stable_seed,
     stop_workers,
@@ -372,6 +373,7 @@ class Distillation:
         else:
             val_set = ValImages(val_source, seed=0, limit=recipe.data.val_limit, crop=recipe.data.val_crop)
         workers = recipe.data.workers
+        check_worker_temp_dir(workers)
         train_loader = DataLoader(train_set, batch_size=recipe.data.batch_size, shuffle=False, drop_last=True,
                                   num_workers=workers, persistent_workers=workers > 0)
         # persistent workers: kept in the loader, where `stop_workers` finds them however the run ends
