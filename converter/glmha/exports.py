@@ -54,6 +54,20 @@ def export_model(model: RestorationModel, path: str | Path) -> None:
     save_safetensors(dict(model.state_dict()), path, metadata)  # same model and options: same bytes
 
 
+BASELINE_FORMAT = "glmha-baseline"  # students of glmha-compare's baselines: weights for inspection, not rebuilt
+
+
+def export_baseline(model: RestorationModel, path: str | Path, method: str) -> None:
+    """Write a baseline student's weights (its replaced attention cores included) with what made it; glmha.load
+    refuses these files in one line: they are controls of a comparison, not products."""
+    from glmha import __version__
+
+    metadata = {"format": BASELINE_FORMAT, "method": method, "family": model.family,
+                "hyperparameters": json.dumps(model.config.to_dict()),
+                "source_sha256": model.record.source_sha256, "glmha_version": __version__}
+    save_safetensors(dict(model.state_dict()), path, metadata)
+
+
 def is_glmha_export(metadata: Mapping[str, str]) -> bool:
     return metadata.get("format") == FORMAT
 

@@ -26,7 +26,7 @@ from torch import nn
 from glmha.config import StrictConfig
 from glmha.errors import GlmhaError
 
-CALIBRATION_FORMS = ("channel", "lowrank", "full")
+CALIBRATION_FORMS = ("channel", "lowrank", "full", "none")  # none: no calibration net (plain low-rank K/V)
 NORM_EPS = 1e-12  # F.normalize's default
 FOLD_MIN_PIXELS_PER_OUTPUT = 8  # fold the calibration scale into a 1x1 conv's weight when N >= 8 x outputs
 VALUE_FORMS = ("gather", "mix")
@@ -48,6 +48,20 @@ class CSALayer(nn.Module):
     def token_grid(self, shape: tuple[int, ...]) -> tuple[int, int]:
         """(h, w) of an input feature map of this shape."""
         return (shape[1], shape[2]) if self.channels_last else (shape[2], shape[3])
+
+    def combine(self, logits: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """(b, heads, d, K) logits and (b, heads, K, N) values -> (b, heads, d, N): a softmax over the keys."""
+        return logits.softmax(dim=-1) @ value
+
+    def attend_channels(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                        temperature: torch.Tensor) -> torch.Tensor:
+        """The attention core on L2-normalised queries (b, heads, d, N) and keys (b, heads, K, N) and the values
+        (b, heads, K, N) -> (b, heads, d, N). A replacement core (a submodule named `attention_core`, which
+        glmha.compare's baseline methods install) computes it instead, given the layer's own `combine`."""
+        core = self._modules.get("attention_core")
+        if core is not None:
+            return core(query, key, value, temperature, self.combine)
+        return self.combine((query @ key.transpose(-2, -1)) * temperature, value)  # logits (b, heads, d, K)
 
 
 @dataclass(frozen=True)
@@ -194,7 +208,7 @@ class GLMHALayer(CSALayer):
         self.num_heads = num_heads
         self.reduced_channels = reduced
         self.alpha = settings.alpha
-        self.calibrate = CalibrationNet(channels, num_heads, settings)
+        self.calibrate = CalibrationNet(channels, num_heads, settings) if settings.calibration != "none" else None
         # (heads, 1, d'): added to the attention logits of each reduced token
         self.token_bias = (nn.Parameter(torch.zeros(num_heads, 1, reduced // num_heads))
                            if settings.token_bias else None)
@@ -205,8 +219,8 @@ class GLMHALayer(CSALayer):
 
     def input_scale(self, query_image: torch.Tensor) -> torch.Tensor | None:
         """1 + alpha * A, the per-image channel scale (b, C) of X~ = X + alpha (X * A); None when alpha
-        is 0 (X~ == X)."""
-        if self.alpha == 0:
+        is 0 or the layer has no calibration net (X~ == X)."""
+        if self.alpha == 0 or self.calibrate is None:
             return None
         return 1.0 + self.alpha * self.calibrate(query_image)
 
@@ -229,3 +243,17 @@ class GLMHALayer(CSALayer):
         if self.token_bias is not None:
             logits = logits + self.token_bias
         return logits
+
+
+def changed_layers(model: nn.Module) -> list[tuple[str, CSALayer]]:
+    """The attention layers a conversion or a compared method changed, in forward order: GLMHA layers and
+    CSA layers whose attention core was replaced."""
+    return [(name, module) for name, module in model.named_modules()
+            if isinstance(module, GLMHALayer)
+            or (isinstance(module, CSALayer) and module._modules.get("attention_core") is not None)]
+
+
+def changed_parameters(layer: CSALayer) -> list[nn.Parameter]:
+    """What distillation with `trainable: glmha` trains in a changed layer: what a GLMHA conversion created
+    (calibration net, reduced K/V generators); all of a layer whose attention core was replaced."""
+    return layer.new_parameters() if isinstance(layer, GLMHALayer) else list(layer.parameters())

@@ -11,7 +11,7 @@ from glmha.archs import FAMILIES, RestorationModel
 from glmha.archs.unsupported import recognise_unsupported
 from glmha.checkpoint import read_checkpoint
 from glmha.errors import ArchitectureError
-from glmha.exports import carries_export_fields, is_glmha_export, rebuild_model
+from glmha.exports import BASELINE_FORMAT, carries_export_fields, is_glmha_export, rebuild_model
 from glmha.io_utils import sha256_file
 from glmha.record import ModelRecord
 
@@ -26,6 +26,9 @@ def load(path: str | Path, *, family: str | None = None) -> RestorationModel:
     `family` forces a family (a key of glmha.FAMILIES) instead of detecting it.
     """
     checkpoint = read_checkpoint(path)
+    if checkpoint.metadata.get("format") == BASELINE_FORMAT:
+        raise ArchitectureError(f"{path}: a glmha-compare baseline student ({checkpoint.metadata.get('method')}), "
+                                f"kept for inspection; glmha loads originals and glmha exports only")
     if is_glmha_export(checkpoint.metadata) or carries_export_fields(checkpoint.metadata):
         model = rebuild_model(checkpoint.state_dict, checkpoint.metadata, source=str(path))
         if family is not None and family != model.family:

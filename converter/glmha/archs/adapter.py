@@ -43,6 +43,11 @@ class AttentionAdapter:
         the tensor on the softmax axis, the values what the attention multiplies."""
         raise NotImplementedError
 
+    def key_value_generators(self, layer: CSALayer) -> list[tuple[torch.nn.Module, list[int]]]:
+        """The modules that generate keys and values, each with the output channel that carries channel j's key
+        (or value) at position j (C entries): what structured K/V pruning scores, a pair (K_j, V_j) at a time."""
+        raise NotImplementedError
+
     def operator_rows(self, layer: CSALayer) -> tuple[torch.Tensor, torch.Tensor]:
         """Key and value operators, one float64 row per channel (C, F) each: what `merge` clusters on."""
         raise NotImplementedError

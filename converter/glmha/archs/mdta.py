@@ -42,13 +42,8 @@ class RestormerAttention(CSALayer):
         v = v.reshape(b, self.num_heads, -1, h * w)  # (b, heads, d, N)
         q = F.normalize(q, dim=-1)
         k = F.normalize(k, dim=-1)
-        attn = (q @ k.transpose(-2, -1)) * self.temperature  # (b, heads, d, d)
-        out = self.combine(attn, v)  # (b, heads, d, N)
+        out = self.attend_channels(q, k, v, self.temperature)  # (b, heads, d, N)
         return self.project_out(out.reshape(b, c, h, w))
-
-    def combine(self, logits: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        """(b, heads, d, d) logits and (b, heads, d, N) values -> (b, heads, d, N): a softmax over the keys."""
-        return logits.softmax(dim=-1) @ value
 
 
 class GLMHARestormerAttention(GLMHALayer):
@@ -105,6 +100,11 @@ class MDTAAdapter(AttentionAdapter):
         b, c = x.shape[:2]
         _, k, v = layer.qkv_dwconv(layer.qkv(x)).chunk(3, dim=1)  # (b, C, h, w) each
         return k.reshape(b, c, -1), v.reshape(b, c, -1)  # (b, C, N) each
+
+    def key_value_generators(self, layer: CSALayer) -> list[tuple[nn.Module, list[int]]]:
+        c = layer.channels
+        keys, values = list(range(c, 2 * c)), list(range(2 * c, 3 * c))  # the K and V chunks of the 3C outputs
+        return [(layer.qkv, keys), (layer.qkv_dwconv, keys), (layer.qkv, values), (layer.qkv_dwconv, values)]
 
     def operator_rows(self, layer: CSALayer) -> tuple[torch.Tensor, torch.Tensor]:
         c = layer.channels

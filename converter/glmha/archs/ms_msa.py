@@ -122,6 +122,10 @@ class SpectralAdapter(AttentionAdapter):
             values = values * guide
         return keys.transpose(1, 2), values.transpose(1, 2)  # (b, C, N) each
 
+    def key_value_generators(self, layer: CSALayer) -> list[tuple[nn.Module, list[int]]]:
+        channels = list(range(layer.channels))
+        return [(layer.to_q, channels), (layer.to_v, channels)]  # to_q: the softmax axis, GLMHA's keys
+
     def operator_rows(self, layer: CSALayer) -> tuple[torch.Tensor, torch.Tensor]:
         return layer.to_q.weight.detach().double(), layer.to_v.weight.detach().double()
 

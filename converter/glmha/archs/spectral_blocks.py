@@ -107,8 +107,7 @@ class SpectralAttention(CSALayer):
         query = F.normalize(query.reshape(b, n, heads, -1).permute(0, 2, 3, 1), dim=-1)  # (b, heads, d, N)
         key = F.normalize(key.reshape(b, n, heads, -1).permute(0, 2, 3, 1), dim=-1)  # (b, heads, d', N)
         value = value.reshape(b, n, heads, -1).permute(0, 2, 3, 1)  # (b, heads, d', N)
-        attn = (query @ key.transpose(-2, -1)) * self.rescale  # (b, heads, d, d')
-        out = attn.softmax(dim=-1) @ value  # (b, heads, d, N)
+        out = self.attend_channels(query, key, value, self.rescale)  # (b, heads, d, N)
         out = out.permute(0, 3, 1, 2).reshape(b, n, -1)  # (b, N, heads * d)
         return self.proj(out)
 

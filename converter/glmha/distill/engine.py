@@ -59,6 +59,7 @@ from glmha.distill.trackers import CSVTracker, csv_columns, tensorboard_availabl
 from glmha.errors import GlmhaError
 from glmha.exports import export_model
 from glmha.io_utils import sha256_file
+from glmha.layers import changed_layers
 from glmha.report import describe
 
 STUDENT_FILE = "student.safetensors"
@@ -68,6 +69,9 @@ _ADVICE = "Lower train.lr or set train.max_grad_norm"  # what a diverging run ne
 
 class TrainingDiverged(GlmhaError):
     """The loss became NaN or infinite."""
+
+
+StudentBuilder = Callable[[Recipe, RestorationModel, Callable[[str], None]], RestorationModel]
 
 
 @dataclass
@@ -146,8 +150,7 @@ def load_teacher(recipe: Recipe) -> RestorationModel:
 def build_student(recipe: Recipe, teacher: RestorationModel, say: Callable[[str], None]) -> RestorationModel:
     """The student from a glmha export, or by converting the teacher with the recipe's settings (the
     conversion records the teacher file's SHA-256, which glmha.load noted)."""
-    from glmha.convert.api import analyse, convert
-    from glmha.convert.plan import make_plan
+    from glmha.convert.api import convert
     from glmha.loader import load
 
     spec = recipe.student
@@ -164,6 +167,17 @@ def build_student(recipe: Recipe, teacher: RestorationModel, say: Callable[[str]
             say(f"note: {spec.path} was converted from a file with another SHA-256 than the teacher "
                 f"(same architecture; continuing)")
         return student
+    plan, spectra, calibration = plan_student(recipe, teacher, say)
+    return convert(teacher, plan, spectra, inputs=calibration)
+
+
+def plan_student(recipe: Recipe, teacher: RestorationModel, say: Callable[[str], None]):
+    """The conversion plan of the recipe's `student` settings for `teacher`, with the spectra and calibration
+    inputs (None unless a budget or `refit` needs them) that converting by it takes."""
+    from glmha.convert.api import analyse
+    from glmha.convert.plan import make_plan
+
+    spec = recipe.student
     spectra = analyse(teacher, mode=spec.spectrum)
     settings = spec.plan_settings()
     calibration = None
@@ -180,7 +194,7 @@ def build_student(recipe: Recipe, teacher: RestorationModel, say: Callable[[str]
     if not plan.converted:
         raise RecipeError(f"student: under {plan.settings.rule()} no CSA layer is converted, so there is "
                           f"nothing to distil ({plan.layers[0].reason})")
-    return convert(teacher, plan, spectra, inputs=calibration)
+    return plan, spectra, calibration
 
 
 def recipe_calibration(recipe: Recipe, teacher: RestorationModel) -> tuple[list[tuple[torch.Tensor, ...]], str]:
@@ -269,8 +283,18 @@ class Distillation:
     """Builds everything a recipe describes and runs (or resumes) it."""
 
     def __init__(self, recipe: Recipe, *, restart: bool = False, stop_at: int | None = None,
-                 dry_run: bool = False, progress: bool = True, say: Callable[[str], None] | None = None) -> None:
+                 dry_run: bool = False, progress: bool = True, say: Callable[[str], None] | None = None,
+                 student_builder: StudentBuilder | None = None,
+                 exporter: Callable[[RestorationModel, Path], None] | None = None,
+                 identity: dict[str, str] | None = None) -> None:
+        """`student_builder` replaces the recipe's conversion (glmha.compare's baseline methods), `exporter`
+        writes the best student (default: a glmha export), and `identity` names what else, besides the recipe
+        and its files, makes this run what it is (a method and its settings): a run folder made with another
+        identity is not resumed."""
         self.recipe = recipe
+        self.student_builder = student_builder or build_student
+        self.exporter = exporter or export_model
+        self.identity = dict(identity or {})
         self.restart = restart
         self.stop_at = stop_at
         self.dry_run = dry_run
@@ -350,6 +374,7 @@ class Distillation:
         files = {"teacher": teacher.record.source_sha256}  # the run's input files, by content
         if recipe.student.path is not None:
             files["student.path"] = sha256_file(recipe.student.path)
+        files.update(self.identity)
         state = RunState()
         if resume is not None:
             state = self._check_resumable(resume, files, accelerator.num_processes)
@@ -358,7 +383,7 @@ class Distillation:
         train_source = _open_data(recipe, teacher, "train")
         val_source = _open_data(recipe, teacher, "val")
         set_seed(recipe.train.seed)
-        student = build_student(recipe, teacher, self.say)
+        student = self.student_builder(recipe, teacher, self.say)
         teacher.to(accelerator.device).eval().requires_grad_(False)
         student.to(accelerator.device).train()
         params = select_trainable(student, recipe.train.trainable)
@@ -442,6 +467,9 @@ class Distillation:
         saved_files = saved.get("file_sha256", {})
         for key, digest in files.items():
             if saved_files.get(key) != digest:
+                if key in self.identity:
+                    differences.append(f"{key}: {saved_files.get(key)} -> {digest}")
+                    continue
                 old = str(saved_files.get(key))[:12]
                 differences.append(f"{key}: file content changed (SHA-256 {old}... -> {digest[:12]}...)")
         if saved.get("num_processes") != processes:
@@ -488,10 +516,10 @@ class Distillation:
             parts.optimizer.zero_grad()
         seconds = time.perf_counter() - started
         trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
-        converted = len(student.record.conversion.reduced)
+        converted = len(changed_layers(student))
         self.say(recipe_to_yaml(self.recipe).rstrip())
         self.say(f"\ndry run: teacher {teacher.family} {sum(p.numel() for p in teacher.parameters()):,} params; "
-                 f"student {sum(p.numel() for p in student.parameters()):,} params, {converted} GLMHA layers, "
+                 f"student {sum(p.numel() for p in student.parameters()):,} params, {converted} changed layers, "
                  f"{trainable:,} trainable; one step on a batch of {tuple(batch['input'].shape)}: "
                  f"loss {float(loss.detach()):.6f} ({', '.join(f'{k} {v:.6f}' for k, v in terms.items())}) "
                  f"in {seconds:.2f} s on {accelerator.device}. Nothing written.")
@@ -538,7 +566,7 @@ class Distillation:
             if best is None or scores.selection_key(self.select) > best.selection_key(self.select):
                 state.best, state.best_step = scores.to_json(), step
                 if accelerator.is_main_process:
-                    export_model(parts.student, run_dir / STUDENT_FILE)
+                    self.exporter(parts.student, run_dir / STUDENT_FILE)
             self.say(f"step {step}: {_describe_scores(scores)}"
                      f"{'  (best so far, exported)' if state.best_step == step else ''}")
 

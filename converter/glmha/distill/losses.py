@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from glmha.archs import RestorationModel
-from glmha.layers import GLMHALayer
+from glmha.layers import changed_layers
 
 CHARBONNIER_EPS = 1e-3  # as in the restoration literature (MPRNet, Restormer's Charbonnier option)
 MRAE_FLOOR = 1e-3  # smallest |reference| in the MRAE denominator (teacher outputs can be ~0 or negative)
@@ -36,8 +36,7 @@ def distance_fn(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tenso
 
 def feature_points(student: RestorationModel) -> list[tuple[str, bool]]:
     """(module name, add its input) for the block around every converted layer, in forward order."""
-    return [student.block_output(name) for name, module in student.named_modules()
-            if isinstance(module, GLMHALayer)]
+    return [student.block_output(name) for name, _ in changed_layers(student)]
 
 
 class FeatureTap:

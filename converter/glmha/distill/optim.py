@@ -9,20 +9,21 @@ from torch import nn
 
 from glmha.distill.recipe import TrainSection
 from glmha.errors import GlmhaError
-from glmha.layers import GLMHALayer
+from glmha.layers import changed_layers, changed_parameters
 
 
 def select_trainable(student: nn.Module, which: str) -> list[nn.Parameter]:
-    """`glmha`: only what the conversion created (calibration nets, reduced K/V generators), every
-    other weight frozen at the teacher's value; `all`: the whole student."""
-    layers = [m for m in student.modules() if isinstance(m, GLMHALayer)]
+    """`glmha`: only what the conversion created or changed (calibration nets, reduced K/V generators; the
+    whole layer where a compared method replaced the attention core), every other weight frozen at the
+    teacher's value; `all`: the whole student."""
+    layers = changed_layers(student)
     if not layers:
         raise GlmhaError("student: has no GLMHA layer (nothing was converted); lower student.energy or "
                          "set student.ratio")
     if which == "all":
         params = list(student.parameters())
     else:
-        params = [p for layer in layers for p in layer.new_parameters()]
+        params = [p for _, layer in layers for p in changed_parameters(layer)]
     chosen = {id(p) for p in params}
     for p in student.parameters():
         p.requires_grad_(id(p) in chosen)

@@ -1,0 +1,1 @@
+"""Compare GLMHA with baselines built from the same teacher at equal MACs (glmha-compare)."""
