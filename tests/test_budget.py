@@ -251,12 +251,15 @@ def test_calibration_forms_load_back_exactly(family: str, form: str, tmp_path: P
 
 
 def test_calibration_form_costs() -> None:
-    """channel: 2C, lowrank: 2Cr + C, full: C*d + C, on top of the depthwise kxk (9C + C)."""
+    """channel: 2C, lowrank: 2Cr + C, full: C*d + C, on top of the depthwise kxk (9C + C); none: no net at all."""
     layer = Restormer(dim=16, heads=(2, 2, 2, 2)).encoder_level1[0].attn
     c, d = layer.channels, layer.head_dim
     counts = {}
     for form in CALIBRATION_FORMS:
         new = convert_layer(layer, analyse_layer(layer), 8, "select", GLMHASettings(calibration=form, rank=4))
+        if form == "none":
+            assert new.calibrate is None and new.input_scale(torch.ones(1, c, 4, 4)) is None
+            continue
         counts[form] = sum(p.numel() for p in new.calibrate.parameters()) - (9 * c + c)
     assert counts == {"channel": 2 * c, "lowrank": 2 * c * 4 + c, "full": c * d + c}
 
@@ -276,7 +279,8 @@ def test_recipe_budget_keys_share_the_planner_validation(tmp_path: Path) -> None
     cases = [
         ({"target_macs": 1.5}, "student.target_macs must be a fraction in (0, 1], e.g. 0.88; got 1.5"),
         ({"min_fidelity": -3}, "student.min_fidelity must be a positive number of dB, got -3"),
-        ({"calibration": "diagonal"}, "student.calibration must be one of channel, lowrank, full, got 'diagonal'"),
+        ({"calibration": "diagonal"},
+         "student.calibration must be one of channel, lowrank, full, none, got 'diagonal'"),
         ({"ratio": 0.5, "target_params": 0.9},
          "student.energy, ratio and a budget (target_macs, target_params, min_fidelity) exclude each other"),
     ]

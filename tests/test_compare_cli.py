@@ -12,6 +12,7 @@ import yaml
 
 from glmha.compare.cli import main
 from glmha.compare.runner import load_compare_recipe, plan_rows
+from glmha.errors import ArchitectureError
 from glmha.loader import load
 
 from distill_helpers import recipe_dict
@@ -59,6 +60,8 @@ def test_tiny_compare_writes_every_output_and_resumes(tmp_path, capsys):
     assert [line["method"] for line in lines] == ["glmha", "prune", "linformer", "performer", "reformer", "glmha"]
     assert load(Path(methods["prune"]["run_dir"]) / "student.safetensors").record.conversion.settings.calibration \
         == "none"  # the pruned student is a glmha export
+    with pytest.raises(ArchitectureError, match=r"a glmha-compare baseline student \(linformer\), kept for "):
+        load(Path(methods["linformer"]["run_dir"]) / "student.safetensors")
     markdown = (run / "compare.md").read_text()
     assert "| CSA (teacher) |" in markdown and "| K/V pruning |" in markdown and "not applicable" in markdown
     first = {name: (run / name).read_bytes() for name in ("compare.md", "compare.json", "compare.csv")}
@@ -66,8 +69,25 @@ def test_tiny_compare_writes_every_output_and_resumes(tmp_path, capsys):
 
     assert main([str(path), "--no-progress"]) == 0  # rerun: every row read, the same outputs
     out = capsys.readouterr().out
-    assert out.count("finished earlier") == 5 and "step 1" not in out
+    assert out.count("finished earlier") == 5 and "resuming" not in out and "step 2:" not in out
     assert {name: (run / name).read_bytes() for name in first} == first
+
+    (Path(methods["prune"]["run_dir"]) / "report.json").unlink()  # as if stopped after its last checkpoint
+    assert main([str(path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("finished earlier") == 4 and out.count("resuming from") == 1
+    assert {name: (run / name).read_bytes() for name in first} == first
+
+
+def test_glmha_distill_runs_the_recipe_student_and_checks_the_compare_section(tmp_path, capsys):
+    from glmha.distill.cli import main as distill
+
+    path = _write(tmp_path, {"methods": ["glmha"], "target_macs": 0.9})
+    assert distill([str(path), "--dry-run", "--no-progress"]) == 0
+    assert "dry run:" in capsys.readouterr().out
+    path = _write(tmp_path, {"methods": ["bogus"], "target_macs": 0.9})
+    assert distill([str(path), "--dry-run"]) == 1
+    assert capsys.readouterr().err.startswith("glmha-distill: error: compare.methods: unknown method(s) bogus")
 
 
 @pytest.mark.parametrize(("compare", "message"), [

@@ -24,9 +24,15 @@ def test_every_published_task_has_a_recipe():
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
 def test_recipe_is_valid(path, monkeypatch):
     monkeypatch.chdir(ROOT)
-    shipped = path.stem in ("tiny_cpu", "restormer_denoise_s25", "tiny_cpu_spectral", "tiny_cpu_lowlight")
+    compare = path.stem.startswith("compare_")  # glmha-compare recipes run on the shipped teachers
+    tiny = path.stem in ("tiny_cpu", "tiny_cpu_spectral", "tiny_cpu_lowlight")
+    shipped = compare or tiny or path.stem == "restormer_denoise_s25"
     # official teachers and data are not shipped; the embedded default's student is written by README's command
-    recipe = load_recipe(path, check=path.stem in ("tiny_cpu", "tiny_cpu_spectral", "tiny_cpu_lowlight"))
+    recipe = load_recipe(path, check=compare or tiny)
+    if compare:
+        from glmha.compare.runner import load_compare_recipe
+
+        assert load_compare_recipe(path)[0] == recipe
     assert recipe.output.dir.startswith("runs/")
     assert recipe.data.patch_size % 8 == 0
     if not shipped:

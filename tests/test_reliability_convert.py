@@ -121,7 +121,7 @@ PARSE_TIME = [
     ("alpha-nan", ["--alpha", "nan"], {"alpha": NAN}, "--alpha must be a finite number >= 0, got nan"),
     ("alpha-inf", ["--alpha", "inf"], {"alpha": INF}, "--alpha must be a finite number >= 0, got inf"),
     ("calibration-unknown", ["--calibration", "diagonal"], {"calibration": "diagonal"},
-     "--calibration must be one of channel, lowrank, full, got 'diagonal'"),
+     "--calibration must be one of channel, lowrank, full, none, got 'diagonal'"),
     ("spectrum-unknown", ["--spectrum", "svd"], {"spectrum": "svd"},
      "--spectrum: expected one of operator, pointwise, got 'svd'"),
     ("seed-negative", ["--seed", "-1"], {"seed": -1}, "--seed must be an integer from 0 to 4294967295, got -1"),

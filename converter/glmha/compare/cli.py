@@ -68,3 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"written: {', '.join(str(recipe.run_dir / name) for name in OUTPUTS)}")
     return 0
 
+
+
+if __name__ == "__main__":
+    sys.exit(main())

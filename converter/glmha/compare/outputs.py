@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from glmha.compare.methods import BUDGET_TOLERANCE
 from glmha.compare.runner import TABLE_TITLES, RowResult
 from glmha.compare.section import CompareSection
 from glmha.distill.evaluate import LOWER_IS_BETTER, json_number
-from glmha.distill.table import LABELS
+from glmha.distill.table import LABELS, metric_text
 from glmha.io_utils import atomic_write, atomic_write_text
 from glmha.report import giga
 
@@ -48,17 +47,23 @@ def row_object(result: RowResult, metrics: tuple[str, ...], target: int | None) 
     out["best_step"] = result.report["best_step"]
     for metric in metrics:
         for reference in ("gt", "teacher"):
-            out[f"{metric}_{reference}"] = distilled.get(f"{metric}_{reference}")
-            out[f"converted_{metric}_{reference}"] = converted.get(f"{metric}_{reference}")
+            out[f"{metric}_{reference}"] = _number(distilled.get(f"{metric}_{reference}"))
+            out[f"converted_{metric}_{reference}"] = _number(converted.get(f"{metric}_{reference}"))
     return out
+
+
+def _number(value: Any) -> float | int | None:
+    """A score as report.json holds it, where an infinite PSNR is the string "inf"."""
+    return float(value) if isinstance(value, str) else value
 
 
 def teacher_object(results: list[RowResult], metrics: tuple[str, ...]) -> dict[str, Any] | None:
     for result in results:
         if result.report is not None:
             teacher = result.report["rows"][0]
+            scores = {f"{m}_gt": _number(teacher.get(f"{m}_gt")) for m in metrics}
             return {"params": teacher["params"], "macs_linear": teacher["macs_linear"],
-                    "macs_total": teacher["macs_total"], **{f"{m}_gt": teacher.get(f"{m}_gt") for m in metrics}}
+                    "macs_total": teacher["macs_total"], **scores}
     return None
 
 
@@ -87,15 +92,6 @@ def write_outputs(out_dir: Path, results: list[RowResult], section: CompareSecti
     return markdown
 
 
-def _metric(metric: str, value: Any) -> str:
-    if value is None:
-        return "-"
-    value = float(value)
-    if math.isinf(value):
-        return "inf"
-    return f"{value:.2f}" if metric in ("psnr", "sam") else f"{value:.4f}"
-
-
 def _cost(value: int, change: float | None, *, giga_units: bool) -> str:
     text = giga(value) if giga_units else f"{value / 1e6:.3f} M"
     return text if change is None else f"{text} ({change:+.2%})"
@@ -112,7 +108,7 @@ def _table(objects: list[dict[str, Any]], payload: dict[str, Any], *, with_teach
         cells = ["CSA (teacher)", "-", _cost(teacher["macs_linear"], None, giga_units=True),
                  _cost(teacher["macs_total"], None, giga_units=True),
                  _cost(teacher["params"], None, giga_units=False)]
-        cells += [_metric(m, teacher.get(f"{m}_gt")) for m in metrics] + ["-"] * len(metrics) + ["-"]
+        cells += [metric_text(m, teacher.get(f"{m}_gt")) for m in metrics] + ["-"] * len(metrics) + ["-"]
         lines.append("| " + " | ".join(cells) + " |")
     for obj in objects:
         if not obj["applicable"]:
@@ -123,8 +119,8 @@ def _table(objects: list[dict[str, Any]], payload: dict[str, Any], *, with_teach
                      _cost(obj["macs_linear"], obj["macs_linear_change"], giga_units=True),
                      _cost(obj["macs_total"], obj["macs_total_change"], giga_units=True) + budget,
                      _cost(obj["params"], obj["params_change"], giga_units=False)]
-            cells += [_metric(m, obj[f"{m}_gt"]) for m in metrics]
-            cells += [_metric(m, obj[f"{m}_teacher"]) for m in metrics]
+            cells += [metric_text(m, obj[f"{m}_gt"]) for m in metrics]
+            cells += [metric_text(m, obj[f"{m}_teacher"]) for m in metrics]
             cells += [f"{obj['steps']} ({obj['best_step']})"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines

@@ -19,12 +19,11 @@ from glmha.compare.methods import METHOD_CLASSES, BuildContext, Method
 from glmha.compare.section import CompareError, CompareSection, parse_compare
 from glmha.distill.recipe import (
     Recipe,
-    RecipeError,
     StudentSection,
     apply_overrides,
     check_files,
     parse_recipe,
-    read_yaml,
+    read_recipe_mapping,
     recipe_to_yaml,
 )
 from glmha.errors import GlmhaError
@@ -67,12 +66,7 @@ class RowResult:
 def load_compare_recipe(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Recipe, CompareSection]:
     """The recipe (its `compare:` section taken out and validated on its own) and the section."""
     path = Path(path)
-    raw = read_yaml(path)
-    if raw is None:
-        raise RecipeError(f"recipe {path}: is empty")
-    if not isinstance(raw, dict):
-        raise RecipeError(f"recipe {path}: expected a mapping of sections")
-    raw = apply_overrides(raw, overrides)
+    raw = apply_overrides(read_recipe_mapping(path), overrides)
     section = parse_compare(raw.pop("compare", None))
     recipe = parse_recipe(raw, default_name=path.stem)
     if recipe.student.path is not None:

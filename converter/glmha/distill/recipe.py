@@ -479,15 +479,25 @@ def _check_path(where: str, value: str, *, want_file: bool) -> None:
         raise RecipeError(f"{where}: {value} is not a folder")
 
 
-def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, check: bool = True) -> Recipe:
-    """Read, override, validate and (with `check`) make sure every named file exists."""
-    path = Path(path)
+def read_recipe_mapping(path: Path) -> dict[str, Any]:
+    """The recipe file's top-level mapping, as read (nothing validated yet)."""
     raw = read_yaml(path)
     if raw is None:
         raise RecipeError(f"recipe {path}: is empty")
     if not isinstance(raw, dict):
         raise RecipeError(f"recipe {path}: expected a mapping of sections, got {_describe(raw)}")
-    recipe = parse_recipe(apply_overrides(raw, overrides), default_name=path.stem)
+    return raw
+
+
+def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, check: bool = True) -> Recipe:
+    """Read, override, validate and (with `check`) make sure every named file exists."""
+    path = Path(path)
+    raw = apply_overrides(read_recipe_mapping(path), overrides)
+    if "compare" in raw:  # glmha-compare's section: checked here too, but glmha-distill runs the recipe's student
+        from glmha.compare.section import parse_compare
+
+        parse_compare(raw.pop("compare"))
+    recipe = parse_recipe(raw, default_name=path.stem)
     if check:
         check_files(recipe)
     return recipe

@@ -39,7 +39,8 @@ class TableRow:
                 "macs_total": self.macs_total, "file_bytes": self.file_bytes, **self.scores.to_json()}
 
 
-def _value(metric: str, value: float | None) -> str:
+def metric_text(metric: str, value: float | None) -> str:
+    """A table cell: PSNR and SAM to 0.01, the others to 1e-4; "-" when missing."""
     if value is None:
         return "-"
     if math.isinf(value):
@@ -62,8 +63,9 @@ def format_table(rows: list[TableRow], *, metrics: tuple[str, ...], input_size: 
         macs_change = "" if row is base else f" ({(row.macs_total - base.macs_total) / base.macs_total:+.1%})"
         cells = [row.name, f"{row.params:,}{change}", giga(row.macs_linear),
                  f"{giga(row.macs_total)}{macs_change}", _mib(row.file_bytes)]
-        cells += [_value(m, row.scores.values.get(f"{m}_gt")) for m in metrics]
-        cells += ["-" if row.is_teacher else _value(m, row.scores.values.get(f"{m}_teacher")) for m in metrics]
+        values = row.scores.values
+        cells += [metric_text(m, values.get(f"{m}_gt")) for m in metrics]
+        cells += ["-" if row.is_teacher else metric_text(m, values.get(f"{m}_teacher")) for m in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     height, width = input_size
     units = "PSNR in dB, SAM in degrees" if "sam" in metrics else "PSNR in dB on outputs clamped to [0, 1]"
