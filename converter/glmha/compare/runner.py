@@ -140,15 +140,16 @@ def run_rows(rows: list[Row], section: CompareSection, *, restart: bool = False,
     context = BuildContext(section=section, say=say)
     teacher = load_teacher(rows[0].recipe) if rows else None
     results = []
-    for row in rows:
+    for number, row in enumerate(rows, 1):
+        where = f"[{number}/{len(rows)}] {row.label}"
         reason = row.method.not_applicable(teacher)
         if reason is not None:
-            say(f"\n== {row.label}: not applicable: {reason}")
+            say(f"\n== {where}: not applicable: {reason}")
             results.append(RowResult(row, reason=reason))
             continue
         saved = None if restart else _finished(row)
         if saved is None:
-            say(f"\n== {row.label} ({row.table}): {row.folder}")
+            say(f"\n== {where} ({row.table}): {row.folder}")
             built: dict[str, Any] = {}
 
             def builder(recipe: Recipe, teacher, say, row=row, built=built):
@@ -165,7 +166,7 @@ def run_rows(rows: list[Row], section: CompareSection, *, restart: bool = False,
                      "identity": row.identity}
             atomic_write_text(row.folder / METHOD_FILE, json.dumps(saved, indent=2, sort_keys=True) + "\n")
         else:
-            say(f"\n== {row.label}: finished earlier, read from {row.folder}")
+            say(f"\n== {where}: finished earlier, read from {row.folder}")
         report = json.loads((row.folder / REPORT_FILE).read_text(encoding="utf-8"))
         results.append(RowResult(row, report=report, setting=saved["setting"], note=saved["note"]))
     return results, rows[0].recipe.eval.select or teacher.selection_metric

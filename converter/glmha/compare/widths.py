@@ -45,29 +45,46 @@ class WidthChoice:
     reachable: bool  # the budget can be met at all
 
 
+_LINES: dict[tuple, tuple[float, float]] = {}  # (core kind, layer kind and shapes, widths) -> (base, slope)
+
+
 def cost_lines(teacher: RestorationModel, names: list[str], factory: CoreFactory, smallest: dict[str, int],
-               largest: dict[str, int], height: int, width: int) -> tuple[int, dict[str, CostLine]]:
-    """The teacher's MACs (b) at height x width and the cost line of each named layer with its core."""
+               largest: dict[str, int], height: int, width: int, *, kind: str) -> tuple[int, dict[str, CostLine]]:
+    """The teacher's MACs (b) at height x width and the cost line of each named layer with its core (`kind`
+    names the core: layers of one class, width and input shape share a line)."""
     report = count_macs(teacher, teacher.example_inputs(height, width, device="meta"), modules=names)
     layers = dict(teacher.csa_layers())
     lines = {}
     for name in names:
-        shapes = report.input_shapes[name]
-
-        def count(w: int, layer: CSALayer = layers[name], shapes=shapes) -> int:
-            probe = copy.deepcopy(layer)
-            probe.attention_core = factory(layer, w)
-            return count_macs(probe, [torch.empty(s, device="meta") for s in shapes]).macs.total
-
+        layer, shapes = layers[name], report.input_shapes[name]
         low, high = smallest[name], largest[name]
-        at_low, at_high = count(low), count(high)
-        slope = (at_high - at_low) / (high - low) if high > low else 0.0
-        line = CostLine(before=report.modules[name].total, base=at_low - slope * low, slope=slope)
-        middle = (low + high) // 2
-        if high - low > 1 and line.at(middle) != count(middle):  # pragma: no cover - a core with a non-affine cost
-            raise GlmhaError(f"{name}: the cost of its replacement core is not affine in its width")
-        lines[name] = line
+        key = (kind, type(layer), layer.channels, layer.num_heads, tuple(map(tuple, shapes)), low, high)
+        if key not in _LINES:
+            _LINES[key] = _line(layer, shapes, factory, low, high)
+        base, slope = _LINES[key]
+        lines[name] = CostLine(before=report.modules[name].total, base=base, slope=slope)
     return report.macs.total, lines
+
+
+def _line(layer: CSALayer, shapes: list[tuple[int, ...]], factory: CoreFactory, low: int,
+          high: int) -> tuple[float, float]:
+    """(base, slope) of the layer's MACs (b) with a core of width w, from exact counts at `low` and `high`,
+    checked at a width between them."""
+
+    def count(w: int) -> int:
+        probe = copy.deepcopy(layer)
+        probe.attention_core = factory(layer, w)
+        return count_macs(probe, [torch.empty(s, device="meta") for s in shapes]).macs.total
+
+    at_low, at_high = count(low), count(high)
+    slope = (at_high - at_low) / (high - low) if high > low else 0.0
+    base = at_low - slope * low
+    middle = (low + high) // 2
+    if high - low > 1 and round(base + slope * middle) != count(middle):  # pragma: no cover - non-affine core
+        raise GlmhaError(f"{type(layer).__name__}: the cost of its replacement core is not affine in its width")
+    if len(_LINES) > 4096:
+        _LINES.clear()
+    return base, slope
 
 
 def choose_widths(total: int, lines: dict[str, CostLine], smallest: dict[str, int], largest: dict[str, int],

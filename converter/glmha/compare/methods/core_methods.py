@@ -61,7 +61,7 @@ class CoreMethod(Method):
         else:  # the widest settings that meet the budget, over every eligible layer
             height, width = recipe.eval.input_size
             total, lines = cost_lines(teacher, eligible, lambda layer, w: self.core(layer, w, 0), smallest,
-                                      largest, height, width)
+                                      largest, height, width, kind=self.name)
             budget = round(total * context.section.target_macs)
             choice = choose_widths(total, lines, smallest, largest, budget)
             if choice.reachable:
