@@ -161,42 +161,47 @@ def format_csv(objects: list[dict[str, Any]], metrics: tuple[str, ...]) -> str:
 
 
 def plot_pareto(path: Path, payload: dict[str, Any]) -> None:
-    """The select metric against ground truth (against the teacher without it) over MACs (b): one marker per
-    method, the teacher as a star, each sweep as a line; over-budget methods hollow."""
+    """The selection metric over MACs (b), one panel against ground truth (when there is any) and one against the
+    teacher: one marker per method (hollow when over budget), each sweep as a line, the teacher as a star."""
     from matplotlib.figure import Figure
 
     metric = payload["select"]
     teacher = payload["teacher"]
-    reference = "gt" if teacher is not None and teacher.get(f"{metric}_gt") is not None else "teacher"
-    figure = Figure(figsize=(7.5, 5.0))
-    axes = figure.add_subplot()
+    references = ["teacher"]
+    if teacher is not None and teacher.get(f"{metric}_gt") is not None:
+        references.insert(0, "gt")
+    figure = Figure(figsize=(6.0 * len(references), 4.8))
+    axes_list = figure.subplots(1, len(references), squeeze=False)[0]
     markers = "osD^vP<>Xh"
-    for index, obj in enumerate(o for o in payload["methods"] if o["applicable"]):
-        value = obj.get(f"{metric}_{reference}")
-        if value is None:
-            continue
-        filled = obj.get("meets_budget", True)
-        axes.plot([obj["macs_total"] / 1e9], [float(value)], marker=markers[index % len(markers)], markersize=9,
-                  linestyle="none", label=obj["label"] + ("" if filled else " (over budget)"),
-                  fillstyle="full" if filled else "none")
-    for table, objects in payload["sweeps"].items():
-        points = sorted((o["macs_total"] / 1e9, float(o[f"{metric}_{reference}"])) for o in objects
-                        if o["applicable"] and o.get(f"{metric}_{reference}") is not None)
-        if points:
-            xs, ys = zip(*points, strict=True)
-            axes.plot(xs, ys, marker=".", linewidth=1, alpha=0.7, label=f"GLMHA, {TABLE_TITLES[table].lower()}")
-    if teacher is not None and reference == "gt" and teacher.get(f"{metric}_gt") is not None:
-        axes.plot([teacher["macs_total"] / 1e9], [float(teacher[f"{metric}_gt"])], marker="*", markersize=15,
-                  color="gold", markeredgecolor="black", linestyle="none", label="CSA (teacher)")
-    if payload["target_macs_total"]:
-        axes.axvline(payload["target_macs_total"] / 1e9, color="grey", linestyle="--", linewidth=1,
-                     label="budget")
-    axes.grid(True, alpha=0.3)
-    axes.set_xlabel(f"MACs (b), G at {'x'.join(map(str, payload['input_size']))}")
     better = "lower is better" if metric in LOWER_IS_BETTER else "higher is better"
-    axes.set_ylabel(f"{LABELS[metric]} vs {'GT' if reference == 'gt' else 'teacher'} ({better})")
-    axes.set_title("Quality against cost after distillation")
-    axes.legend(fontsize=8, frameon=False)
+    for axes, reference in zip(axes_list, references, strict=True):
+        for index, obj in enumerate(o for o in payload["methods"] if o["applicable"]):
+            value = obj.get(f"{metric}_{reference}")
+            if value is None:
+                continue
+            filled = obj.get("meets_budget", True)
+            axes.plot([obj["macs_total"] / 1e9], [float(value)], marker=markers[index % len(markers)],
+                      markersize=9, linestyle="none", label=obj["label"] + ("" if filled else " (over budget)"),
+                      fillstyle="full" if filled else "none")
+        for table, objects in payload["sweeps"].items():
+            points = sorted((o["macs_total"] / 1e9, float(o[f"{metric}_{reference}"])) for o in objects
+                            if o["applicable"] and o.get(f"{metric}_{reference}") is not None)
+            if points:
+                xs, ys = zip(*points, strict=True)
+                axes.plot(xs, ys, marker=".", linewidth=1, alpha=0.7,
+                          label=f"GLMHA, {TABLE_TITLES[table].lower()}")
+        if reference == "gt":
+            axes.plot([teacher["macs_total"] / 1e9], [float(teacher[f"{metric}_gt"])], marker="*", markersize=15,
+                      color="gold", markeredgecolor="black", linestyle="none", label="CSA (teacher)")
+        if payload["target_macs_total"]:
+            axes.axvline(payload["target_macs_total"] / 1e9, color="grey", linestyle="--", linewidth=1,
+                         label="budget")
+        axes.ticklabel_format(axis="y", useOffset=False)
+        axes.grid(True, alpha=0.3)
+        axes.set_xlabel(f"MACs (b), G at {'x'.join(map(str, payload['input_size']))}")
+        axes.set_ylabel(f"{LABELS[metric]} vs {'GT' if reference == 'gt' else 'teacher'} ({better})")
+        axes.legend(fontsize=8, frameon=False)
+    figure.suptitle("Quality against cost after distillation")
     try:
         atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight",
                                                       metadata={"Software": None}))
