@@ -11,10 +11,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from glmha.distill.cli import EXIT_INTERRUPTED
 from glmha.errors import GlmhaError
 
 PROG = "glmha-compare"
-EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
