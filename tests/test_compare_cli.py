@@ -31,7 +31,7 @@ def _write(folder: Path, compare: dict, **sections) -> Path:
 
 def test_tiny_compare_writes_every_output_and_resumes(tmp_path, capsys):
     compare = {"methods": ["glmha", "prune", "linformer", "performer", "reformer"], "target_macs": 0.97,
-               "sweep": {"ratio": [0.5]}}
+               "sweep": {"ratio": [0.5], "alpha": [0.0]}}
     path = _write(tmp_path, compare)
     assert main([str(path), "--no-progress"]) == 0
     run = tmp_path / "run"
@@ -55,27 +55,32 @@ def test_tiny_compare_writes_every_output_and_resumes(tmp_path, capsys):
         assert report["rows"][2]["macs_total"] == row["macs_total"]
     assert methods["glmha"]["meets_budget"] and methods["prune"]["meets_budget"]
     assert [o["label"] for o in payload["sweeps"]["ratio"]] == ["ratio 0.5"]
+    assert [o["label"] for o in payload["sweeps"]["alpha"]] == ["alpha 0"]
     with (run / "compare.csv").open() as handle:
         lines = list(csv.DictReader(handle))
-    assert [line["method"] for line in lines] == ["glmha", "prune", "linformer", "performer", "reformer", "glmha"]
+    assert [line["label"] for line in lines][-2:] == ["ratio 0.5", "alpha 0"]
+    assert [line["method"] for line in lines] == ["glmha", "prune", "linformer", "performer", "reformer", "glmha",
+                                                  "glmha"]
     assert load(Path(methods["prune"]["run_dir"]) / "student.safetensors").record.conversion.settings.calibration \
         == "none"  # the pruned student is a glmha export
     with pytest.raises(ArchitectureError, match=r"a glmha-compare baseline student \(linformer\), kept for "):
         load(Path(methods["linformer"]["run_dir"]) / "student.safetensors")
     markdown = (run / "compare.md").read_text()
     assert "| CSA (teacher) |" in markdown and "| K/V pruning |" in markdown and "not applicable" in markdown
+    alpha_table = markdown.split("## Calibration strength alpha", 1)[1]
+    assert alpha_table.index("| ratio 0.5 (reference) |") < alpha_table.index("| alpha 0 |")
     first = {name: (run / name).read_bytes() for name in ("compare.md", "compare.json", "compare.csv")}
     capsys.readouterr()
 
     assert main([str(path), "--no-progress"]) == 0  # rerun: every row read, the same outputs
     out = capsys.readouterr().out
-    assert out.count("finished earlier") == 5 and "resuming" not in out and "step 2:" not in out
+    assert out.count("finished earlier") == 6 and "resuming" not in out and "step 2:" not in out
     assert {name: (run / name).read_bytes() for name in first} == first
 
     (Path(methods["prune"]["run_dir"]) / "report.json").unlink()  # as if stopped after its last checkpoint
     assert main([str(path), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert out.count("finished earlier") == 4 and out.count("resuming from") == 1
+    assert out.count("finished earlier") == 5 and out.count("resuming from") == 1
     assert {name: (run / name).read_bytes() for name in first} == first
 
 

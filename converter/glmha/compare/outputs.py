@@ -79,7 +79,8 @@ def write_outputs(out_dir: Path, results: list[RowResult], section: CompareSecti
     objects = [row_object(r, metrics, target) for r in results]
     payload = {
         "teacher_file": teacher_file, "input_size": list(input_size), "metrics": list(metrics), "select": select,
-        "target_macs": section.target_macs, "target_macs_total": target, "teacher": teacher,
+        "target_macs": section.target_macs, "target_macs_total": target, "at_ratio": section.sweep.at_ratio,
+        "teacher": teacher,
         "methods": [o for o in objects if o["table"] == "methods"],
         "sweeps": {table: [o for o in objects if o["table"] == table] for table in ("ratio", "alpha", "levels")
                    if any(o["table"] == table for o in objects)},
@@ -140,12 +141,23 @@ def format_markdown(payload: dict[str, Any], teacher_file: str) -> str:
                  for o in payload["methods"] if not o["applicable"] or o["note"]]
         lines += [*notes, ""] if notes else []
     for table, objects in payload["sweeps"].items():
-        lines += [f"## {TABLE_TITLES[table]}", "", *_table(objects, payload, with_teacher=True), ""]
+        lines += [f"## {TABLE_TITLES[table]}", "", *_table(_with_reference(table, objects, payload), payload,
+                                                            with_teacher=True), ""]
     units = "PSNR in dB, SAM in degrees" if "sam" in payload["metrics"] else "PSNR in dB"
     lines += [f"MACs at {height}x{width}: (a) convolutions and linear layers, (b) also the attention products; "
               f"G = 1e9; params in millions; changes against the teacher. {units}; best student by "
               f"{payload['select'].upper()} (its step in brackets)."]
     return "\n".join(lines) + "\n"
+
+
+def _with_reference(table: str, objects: list[dict[str, Any]], payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """The alpha and levels rows convert at `at_ratio`: the ratio row at that value (the recipe's alpha and
+    levels) is their reference, shown first when the ratio sweep has it."""
+    if table not in ("alpha", "levels"):
+        return objects
+    label = f"ratio {payload['at_ratio']:g}"
+    found = [o for o in payload["sweeps"].get("ratio", []) if o["label"] == label]
+    return [{**o, "label": f"{label} (reference)"} for o in found] + objects
 
 
 def format_csv(objects: list[dict[str, Any]], metrics: tuple[str, ...]) -> str:
