@@ -23,12 +23,13 @@ F64 = torch.float64
 
 
 def attention_inputs(seed: int, heads: int = 2, queries: int = 4, keys: int = 4, pixels: int = 64,
-                     low: float = 1.0, spread: float = 0.5) -> tuple[torch.Tensor, ...]:
-    """L2-normalised q (1, heads, queries, N), k (1, heads, keys, N), values, temperature in [low, low+spread)."""
+                     low: float = 1.0, spread: float = 0.5, batch: int = 1) -> tuple[torch.Tensor, ...]:
+    """L2-normalised q (batch, heads, queries, N), k (batch, heads, keys, N), values, temperature in
+    [low, low+spread)."""
     g = torch.Generator().manual_seed(seed)
-    q = F.normalize(torch.randn(1, heads, queries, pixels, generator=g, dtype=F64), dim=-1)
-    k = F.normalize(torch.randn(1, heads, keys, pixels, generator=g, dtype=F64), dim=-1)
-    v = torch.randn(1, heads, keys, pixels, generator=g, dtype=F64)
+    q = F.normalize(torch.randn(batch, heads, queries, pixels, generator=g, dtype=F64), dim=-1)
+    k = F.normalize(torch.randn(batch, heads, keys, pixels, generator=g, dtype=F64), dim=-1)
+    v = torch.randn(batch, heads, keys, pixels, generator=g, dtype=F64)
     t = low + spread * torch.rand(heads, 1, 1, generator=g, dtype=F64)
     return q, k, v, t
 
@@ -53,11 +54,9 @@ def one_line_error(match: str) -> Iterator[None]:
 
 def test_linformer_select_is_attention_over_the_kept_tokens_only() -> None:
     heads, d, keys, reduced, n = 3, 5, 6, 4, 7
-    g = torch.Generator().manual_seed(0)
-    q = F.normalize(torch.randn(2, heads, d, n, generator=g, dtype=F64), dim=-1)
-    k = F.normalize(torch.randn(2, heads, keys, n, generator=g, dtype=F64), dim=-1)
-    v = torch.randn(2, heads, keys, n, generator=g, dtype=F64)
+    q, k, v, _ = attention_inputs(0, heads, d, keys, n, batch=2)
     t = torch.tensor([1.7, -0.6, 3.1], dtype=F64).view(heads, 1, 1)
+    g = torch.Generator().manual_seed(0)
     kept = [torch.randperm(keys, generator=g)[:reduced].tolist() for _ in range(heads)]
     core = LinformerCore(heads, keys, reduced).double()
     core.select(kept)
@@ -70,10 +69,7 @@ def test_linformer_select_is_attention_over_the_kept_tokens_only() -> None:
 
 def test_linformer_learned_projections_mix_the_tokens_of_their_own_head() -> None:
     heads, d, keys, reduced, n = 2, 3, 5, 2, 6
-    g = torch.Generator().manual_seed(1)
-    q = F.normalize(torch.randn(1, heads, d, n, generator=g, dtype=F64), dim=-1)
-    k = F.normalize(torch.randn(1, heads, keys, n, generator=g, dtype=F64), dim=-1)
-    v = torch.randn(1, heads, keys, n, generator=g, dtype=F64)
+    q, k, v, _ = attention_inputs(1, heads, d, keys, n)
     t = torch.tensor([0.8, 2.5], dtype=F64).view(heads, 1, 1)
     core = LinformerCore(heads, keys, reduced).double()  # default (random) init: dense E, F
     out = core(q, k, v, t, dense)

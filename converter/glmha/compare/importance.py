@@ -7,40 +7,27 @@ state, though: every output row that generates channel j's key or value (the 1x1
 the depthwise filters after them) is removed together with channel j. `layer_group` writes that group with
 Torch-Pruning's own Node / Dependency / Group classes, each member's root index being the channel j it
 carries, so that Torch-Pruning's importance classes reduce all members onto the C channel pairs.
-
-Torch-Pruning is imported when first needed: the rest of glmha does not depend on it.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterable, Sequence
-from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+import torch_pruning as tp
 from torch import nn
+from torch_pruning import Group
 
 from glmha.archs import adapter_for
 from glmha.archs.adapter import Tokens
 from glmha.errors import GlmhaError
 from glmha.layers import CSALayer
 
-if TYPE_CHECKING:
-    from torch_pruning import Group
-
 CRITERIA = ("magnitude", "taylor", "hessian")
 
 Batch = tuple[tuple[torch.Tensor, ...], torch.Tensor]  # (model inputs, target)
 ParameterStats = dict[nn.Parameter, torch.Tensor]
-
-
-def _torch_pruning() -> ModuleType:
-    """The torch_pruning package, or a one-line error saying how to get it (it is not a glmha dependency)."""
-    try:
-        return importlib.import_module("torch_pruning")
-    except ImportError as error:
-        raise GlmhaError("structured K/V pruning needs Torch-Pruning: pip install torch-pruning") from error
 
 
 def _generators(layer: CSALayer) -> list[tuple[nn.Module, list[int]]]:
@@ -72,7 +59,6 @@ def layer_group(layer: CSALayer) -> Group:
     Built for scoring with torch_pruning.importance: it belongs to no dependency graph, so `Group.prune`
     with new indices cannot be called on it.
     """
-    tp = _torch_pruning()
     function = tp.pruner.function
     names = {id(module): name for name, module in layer.named_modules()}
     nodes: dict[int, Any] = {}
@@ -97,7 +83,7 @@ def layer_group(layer: CSALayer) -> Group:
 
 def _importance(criterion: str) -> Callable[[Group], torch.Tensor | None]:
     """Torch-Pruning's scorer of the criterion with its defaults (p=2, mean over members, divided by the mean)."""
-    classes = _torch_pruning().importance
+    classes = tp.importance
     if criterion == "magnitude":
         return classes.GroupMagnitudeImportance(p=2, group_reduction="mean", normalizer="mean")
     if criterion == "taylor":

@@ -16,14 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from glmha.compare.methods import METHOD_CLASSES, BuildContext, Method
+from glmha.compare.methods.prune import require_ground_truth
 from glmha.compare.section import CompareError, CompareSection, parse_compare
 from glmha.distill.recipe import (
     Recipe,
     StudentSection,
-    apply_overrides,
     check_files,
-    parse_recipe,
-    read_recipe_mapping,
+    load_recipe_and_compare,
     recipe_to_yaml,
 )
 from glmha.errors import GlmhaError
@@ -64,17 +63,15 @@ class RowResult:
 
 
 def load_compare_recipe(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Recipe, CompareSection]:
-    """The recipe (its `compare:` section taken out and validated on its own) and the section."""
-    path = Path(path)
-    raw = apply_overrides(read_recipe_mapping(path), overrides)
-    section = parse_compare(raw.pop("compare", None))
-    recipe = parse_recipe(raw, default_name=path.stem)
+    """The recipe and its `compare:` section, which glmha-compare needs, with the checks only it makes."""
+    recipe, section = load_recipe_and_compare(path, overrides, check=False)
+    if section is None:
+        parse_compare(None)  # the one-line refusal of a recipe without the section
     if recipe.student.path is not None:
         raise CompareError("student.path: glmha-compare builds every student from the teacher; give conversion "
                            "settings (or none) instead of an export")
-    if "prune" in section.methods and section.importance != "magnitude" and not recipe.data.train.has_target:
-        raise CompareError(f"compare.importance: {section.importance} scores channels by the gradient of the loss "
-                           f"against ground truth, but data.train has none (inputs only); use magnitude")
+    if "prune" in section.methods and section.importance != "magnitude":
+        require_ground_truth(recipe, section.importance)
     check_files(recipe)
     return recipe, section
 

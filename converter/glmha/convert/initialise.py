@@ -54,25 +54,35 @@ def convert_layer(layer: CSALayer, spectrum: LayerSpectrum, reduced: int, method
     received on calibration inputs) are needed by `refit`."""
     if method not in INIT_METHODS:
         raise ValueError(f"unknown init '{method}'")
-    adapter = adapter_for(layer)
-    adapter.check_init(method)
+    adapter_for(layer).check_init(method)
     if method in CALIBRATED_INITS and not inputs:
         raise GlmhaError(f"--init {method} needs calibration inputs")
-    reference = next(layer.parameters())
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        new = adapter.empty_glmha(layer, reduced, settings)
-    new = new.to(device=reference.device, dtype=reference.dtype)
     r = reduced // layer.num_heads
     tokens = _tokens(layer, spectrum, r, method)
     bases = [head.basis[:, :r] for head in spectrum.heads] if method == "svd" else []  # (d, d') per head
+    new = build_glmha_layer(layer, reduced, settings, tokens, bases=bases, method=method, seed=seed)
     with torch.no_grad():
-        adapter.initialise(layer, new, tokens, bases, method)
         if method == "merge" and new.token_bias is not None:
             sizes = torch.tensor([[len(group) for group in head] for head in tokens], dtype=new.token_bias.dtype)
             new.token_bias.copy_(sizes.log().view(layer.num_heads, 1, r))  # (heads, d') -> (heads, 1, d')
         if method == "refit":
             refit_values(layer, new, inputs)
+    return new
+
+
+def build_glmha_layer(layer: CSALayer, reduced: int, settings: GLMHASettings, tokens: Tokens, *,
+                      bases: list[torch.Tensor] = (), method: str = "select", seed: int = 0) -> GLMHALayer:
+    """The GLMHA layer that keeps `tokens` of `layer` (per head, lists of channels within the head), on the layer's
+    device and dtype and in its mode; new weights drawn from `seed`. What every initialisation, and structured
+    pruning with its own channel choice (glmha.compare), builds on."""
+    adapter = adapter_for(layer)
+    reference = next(layer.parameters())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        new = adapter.empty_glmha(layer, reduced, settings)
+    new = new.to(device=reference.device, dtype=reference.dtype)
+    with torch.no_grad():
+        adapter.initialise(layer, new, tokens, list(bases), method)
     return new.train(layer.training)
 
 

@@ -249,7 +249,7 @@ def _check_data_fits(recipe: Recipe, teacher: RestorationModel) -> None:
         raise RecipeError(f"data.patch_size: {error}") from None
 
 
-def _open_data(recipe: Recipe, teacher: RestorationModel, split: str):
+def open_data(recipe: Recipe, teacher: RestorationModel, split: str):
     """The source of one split, image or spectral, with its training-time checks; every file is
     checked here, before the run folder exists, so a damaged one costs seconds and leaves nothing."""
     spec: SourceSection = getattr(recipe.data, split)
@@ -380,8 +380,8 @@ class Distillation:
             state = self._check_resumable(resume, files, accelerator.num_processes)
 
         _check_data_fits(recipe, teacher)
-        train_source = _open_data(recipe, teacher, "train")
-        val_source = _open_data(recipe, teacher, "val")
+        train_source = open_data(recipe, teacher, "train")
+        val_source = open_data(recipe, teacher, "val")
         set_seed(recipe.train.seed)
         student = self.student_builder(recipe, teacher, self.say)
         teacher.to(accelerator.device).eval().requires_grad_(False)

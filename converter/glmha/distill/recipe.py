@@ -479,28 +479,31 @@ def _check_path(where: str, value: str, *, want_file: bool) -> None:
         raise RecipeError(f"{where}: {value} is not a folder")
 
 
-def read_recipe_mapping(path: Path) -> dict[str, Any]:
-    """The recipe file's top-level mapping, as read (nothing validated yet)."""
+def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, check: bool = True) -> Recipe:
+    """Read, override, validate and (with `check`) make sure every named file exists."""
+    return load_recipe_and_compare(path, overrides, check=check)[0]
+
+
+def load_recipe_and_compare(path: str | Path, overrides: Sequence[str] = (), *,
+                            check: bool = True) -> tuple[Recipe, Any]:
+    """The recipe and its `compare:` section (glmha.compare.section.CompareSection, None when absent): the section
+    is glmha-compare's, validated here for glmha-distill too, which runs the recipe's own student."""
+    path = Path(path)
     raw = read_yaml(path)
     if raw is None:
         raise RecipeError(f"recipe {path}: is empty")
     if not isinstance(raw, dict):
         raise RecipeError(f"recipe {path}: expected a mapping of sections, got {_describe(raw)}")
-    return raw
-
-
-def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, check: bool = True) -> Recipe:
-    """Read, override, validate and (with `check`) make sure every named file exists."""
-    path = Path(path)
-    raw = apply_overrides(read_recipe_mapping(path), overrides)
-    if "compare" in raw:  # glmha-compare's section: checked here too, but glmha-distill runs the recipe's student
+    raw = apply_overrides(raw, overrides)
+    compare = None
+    if "compare" in raw:
         from glmha.compare.section import parse_compare
 
-        parse_compare(raw.pop("compare"))
+        compare = parse_compare(raw.pop("compare"))
     recipe = parse_recipe(raw, default_name=path.stem)
     if check:
         check_files(recipe)
-    return recipe
+    return recipe, compare
 
 
 def recipe_to_yaml(recipe: Recipe) -> str:

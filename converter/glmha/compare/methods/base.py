@@ -8,6 +8,7 @@ process and shared), so every row differs from GLMHA in the method alone.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,28 +45,21 @@ class BuildContext:
 
     def glmha_plan(self, recipe: Recipe, teacher: RestorationModel) -> tuple[Any, Any, Any]:
         """(plan, spectra, calibration) of the recipe's student settings, made once per settings (a budget plan
-        measures sensitivity, which takes a while) and reused by every row built from the same settings."""
+        measures sensitivity, which takes a while) and reused by every row built from the same settings (the
+        output folder, the one thing rows of one plan differ in, is left out of the key)."""
         from glmha.distill.engine import plan_student
 
-        key = recipe_to_yaml(dataclass_replace_dir(recipe))
+        key = recipe_to_yaml(dataclasses.replace(recipe, output=dataclasses.replace(recipe.output, dir="-")))
         if key not in self._plans:
             self._plans[key] = (self.planner or plan_student)(recipe, teacher, self.say)
         return self._plans[key]
 
 
-def dataclass_replace_dir(recipe: Recipe) -> Recipe:
-    """The recipe with its output folder blanked: rows that differ only in where they write share a plan."""
-    import dataclasses
-
-    return dataclasses.replace(recipe, output=dataclasses.replace(recipe.output, dir="-"))
-
-
 class Method:
-    """One way to make the teacher cheaper; subclasses set `name`, `title` and `knobs` and build."""
+    """One way to make the teacher cheaper; subclasses set `name` and `title` and build."""
 
     name: ClassVar[str]
     title: ClassVar[str]  # as shown in the tables
-    knobs: ClassVar[str]  # what the user can set, for README and --help
 
     def not_applicable(self, teacher: RestorationModel) -> str | None:
         """Why this method cannot be built from this teacher (None: it can)."""

@@ -10,8 +10,6 @@ from glmha.distill.recipe import Recipe
 class GLMHAMethod(Method):
     name = "glmha"
     title = "GLMHA"
-    knobs = ("the recipe's `student` settings (alpha, calibration, init, spectrum, levels); C' per layer planned "
-             "by measured sensitivity to meet compare.target_macs")
 
     def build(self, recipe: Recipe, teacher: RestorationModel, context: BuildContext) -> Built:
         from glmha.convert.api import convert

@@ -17,8 +17,6 @@ class LinformerMethod(CoreMethod):
     title = "Linformer"
     knob = "linformer_keys"
     width_name = "projected keys"
-    knobs = ("compare.linformer_keys: projected key/value tokens d' per head (null: as many as the budget allows; "
-             "GLMHA's d' when no width meets it)")
 
     def core(self, layer: CSALayer, width: int, seed: int) -> nn.Module:
         from glmha.compare.cores import LinformerCore

@@ -15,8 +15,6 @@ class PerformerMethod(CoreMethod):
     title = "Performer"
     knob = "performer_features"
     width_name = "random features"
-    knobs = ("compare.performer_features: random features m per head (null: as many as the budget allows; "
-             "GLMHA's d' when no count meets it)")
 
     def not_applicable(self, teacher: RestorationModel) -> str | None:
         for _, layer in teacher.csa_layers():

@@ -12,20 +12,18 @@ import dataclasses
 
 import torch
 
-from glmha.archs import RestorationModel, adapter_for
+from glmha.archs import RestorationModel
+from glmha.compare.importance import channel_importance, gradient_statistics, keep_channels
 from glmha.compare.methods.base import BuildContext, Built, Method, copy_of_teacher
 from glmha.compare.section import CompareError, CompareSection
+from glmha.convert.initialise import build_glmha_layer
 from glmha.distill.recipe import Recipe
-from glmha.layers import GLMHASettings
 from glmha.record import Conversion
 
 
 class PruneMethod(Method):
     name = "prune"
     title = "K/V pruning"
-    knobs = ("compare.importance (magnitude | taylor | hessian, Torch-Pruning's criteria), "
-             "compare.importance_batches (taylor / hessian: training batches scored); C' per layer as GLMHA's "
-             "plan")
 
     def identity(self, section: CompareSection) -> dict:
         identity = {"method": self.name, "importance": section.importance}
@@ -34,8 +32,6 @@ class PruneMethod(Method):
         return identity
 
     def build(self, recipe: Recipe, teacher: RestorationModel, context: BuildContext) -> Built:
-        from glmha.compare.importance import channel_importance, keep_channels
-
         plan, _, _ = context.glmha_plan(recipe, teacher)
         widths = plan.converted  # name -> C'
         criterion = context.section.importance
@@ -43,11 +39,11 @@ class PruneMethod(Method):
         statistics = self._gradients(recipe, teacher, list(widths), context) if criterion != "magnitude" else None
         settings = dataclasses.replace(plan.glmha, calibration="none", token_bias=False, values="gather")
         replacements = {}
-        for index, (name, reduced) in enumerate(widths.items()):
+        for name, reduced in widths.items():
             layer = layers[name]
-            scores = _scores(layer, criterion, statistics, channel_importance)
+            scores = _scores(layer, criterion, statistics)
             tokens = keep_channels(scores, layer.num_heads, reduced // layer.num_heads)
-            replacements[name] = _pruned_layer(layer, reduced, tokens, settings, seed=plan.settings.seed + index)
+            replacements[name] = build_glmha_layer(layer, reduced, settings, tokens, seed=plan.settings.seed)
         student = copy_of_teacher(teacher)
         student.replace_layers(replacements)
         record = student.record
@@ -57,7 +53,6 @@ class PruneMethod(Method):
         return Built(student, setting=f"{criterion} importance, C' as GLMHA's plan ({len(widths)} layers)")
 
     def _gradients(self, recipe: Recipe, teacher: RestorationModel, names: list[str], context: BuildContext):
-        from glmha.compare.importance import gradient_statistics
         from glmha.distill.losses import distance_fn
 
         batches = training_batches(recipe, teacher, context.section.importance_batches)
@@ -65,7 +60,7 @@ class PruneMethod(Method):
         return gradient_statistics(teacher, names, batches, distance_fn(recipe.loss.distance))
 
 
-def _scores(layer, criterion: str, statistics, channel_importance) -> torch.Tensor:
+def _scores(layer, criterion: str, statistics) -> torch.Tensor:
     """(C,) importance of each channel pair: taylor from the summed gradients, hessian from the per-sample mean
     of the squared gradients (glmha.compare.importance.gradient_statistics)."""
     if criterion == "magnitude":
@@ -76,32 +71,17 @@ def _scores(layer, criterion: str, statistics, channel_importance) -> torch.Tens
     return channel_importance(layer, criterion, gradients=sums)
 
 
-def _pruned_layer(layer, reduced: int, tokens, settings: GLMHASettings, seed: int):
-    """The GLMHA layer without calibration net that keeps `tokens` (per head, single channels) of `layer`."""
-    adapter = adapter_for(layer)
-    reference = next(layer.parameters())
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        new = adapter.empty_glmha(layer, reduced, settings)
-    new = new.to(device=reference.device, dtype=reference.dtype)
-    with torch.no_grad():
-        adapter.initialise(layer, new, tokens, [], "select")
-    return new.train(layer.training)
-
-
 def training_batches(recipe: Recipe, teacher: RestorationModel, count: int) -> list:
     """The first `count` training batches as the run draws them (inputs tuple, target): what gradient-based
     importance is measured on. Refused when the training data has no ground truth."""
     from torch.utils.data import DataLoader
 
     from glmha.distill.data import TrainPatches
-    from glmha.distill.engine import _open_data
+    from glmha.distill.engine import open_data
     from glmha.distill.spectral_data import SpectralPatches
 
-    if not recipe.data.train.has_target:
-        raise CompareError("compare.importance: taylor and hessian score channels by the gradient of the loss "
-                           "against ground truth, but data.train has none (inputs only); use magnitude")
-    source = _open_data(recipe, teacher, "train")
+    require_ground_truth(recipe, "taylor and hessian")
+    source = open_data(recipe, teacher, "train")
     patches = SpectralPatches if recipe.data.train.spectral else TrainPatches
     samples = patches(source, patch_size=recipe.data.patch_size, length=count * recipe.data.batch_size,
                       seed=recipe.train.seed, flips=recipe.data.flips)
@@ -110,3 +90,10 @@ def training_batches(recipe: Recipe, teacher: RestorationModel, count: int) -> l
         inputs = (batch["input"], batch["mask"]) if "mask" in batch else (batch["input"],)
         batches.append((inputs, batch["target"]))
     return batches
+
+
+def require_ground_truth(recipe: Recipe, criterion: str) -> None:
+    """Gradient-based importance needs a loss against ground truth: refuse, in one line, training data without."""
+    if not recipe.data.train.has_target:
+        raise CompareError(f"compare.importance: {criterion} scores channels by the gradient of the loss against "
+                           f"ground truth, but data.train has none (inputs only); use magnitude")

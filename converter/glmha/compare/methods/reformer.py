@@ -11,7 +11,6 @@ from glmha.compare.methods.base import Method
 class ReformerMethod(Method):
     name = "reformer"
     title = "Reformer"
-    knobs = "none (not applicable to a pretrained CSA layer)"
 
     def not_applicable(self, teacher: RestorationModel) -> str | None:
         return ("Reformer's LSH attention needs queries and keys from one shared projection; pretrained CSA has "
