@@ -21,7 +21,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from latency import MODELS, build_student, interleaved, parse_size, random_teacher, tune_allocator
+from latency import MODELS, build_student, interleaved, parse_size, random_teacher
+
+from glmha.runtime import tune_allocator
 
 
 def block_parts(model: torch.nn.Module) -> dict[str, str]:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import io
 import json
 import os
@@ -43,6 +42,7 @@ import torch
 import glmha
 from glmha.archs import MST, MSTPlusPlus, RestorationModel, Restormer
 from glmha.layers import GLMHALayer
+from glmha.runtime import tune_allocator
 
 MODELS: dict[str, Callable[[], RestorationModel]] = {
     "restormer": Restormer,  # dim 48, blocks 4/6/6/8, refinement 4, heads 1/2/4/8
@@ -55,18 +55,6 @@ SMOKE_MODELS: dict[str, Callable[[], RestorationModel]] = {
     "mst_l": lambda: MST(dim=28, stage=1, num_blocks=(1, 1)),
 }
 DEFAULT_SIZES = {"restormer": ["128", "256", "512"], "mst_plus_plus": ["482x512"], "mst_l": ["256"]}
-
-
-def tune_allocator() -> bool:
-    """Fixed glibc malloc thresholds (mmap 32 MiB, trim 2 GiB, top pad 256 MiB) for this process, so
-    freed feature maps are reused instead of unmapped and faulted in again; False where not glibc."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    trim_threshold, top_pad, mmap_threshold = -1, -2, -3  # mallopt parameter numbers (malloc.h)
-    return all(libc.mallopt(option, value) == 1 for option, value in (
-        (mmap_threshold, 32 << 20), (trim_threshold, (1 << 31) - 1), (top_pad, 256 << 20)))
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -28,12 +28,11 @@ from glmha.distill.data import (
     TrainPatches,
     ValImages,
     check_patch_size,
-    crop_to,
     open_source,
-    pad_to_multiple,
     stable_seed,
 )
 from glmha.errors import GlmhaError
+from glmha.restore.tiling import crop_to, pad_to_multiple
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,7 +26,6 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from glmha.data.degrade import DegradeSpec, degrade, margin, seeded_generator
@@ -445,27 +444,6 @@ def centre_crop(image: torch.Tensor, side: int) -> torch.Tensor:
     crop_h, crop_w = min(height, side), min(width, side)
     top, left = (height - crop_h) // 2, (width - crop_w) // 2
     return image[..., top:top + crop_h, left:left + crop_w]
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Pad (B, C, H, W) on the bottom and right up to multiples of `multiple` (U-shaped models halve the
-    size per level). Reflect padding avoids the false edge zeros would make; images shorter than the
-    pad use replicate, which reflect cannot do. Returns the padded batch and the original (H, W)."""
-    if multiple < 1:
-        raise GlmhaError(f"pad multiple must be at least 1, got {multiple}")
-    height, width = x.shape[-2:]
-    pad_h, pad_w = -height % multiple, -width % multiple
-    if pad_w:
-        x = F.pad(x, (0, pad_w, 0, 0), mode="reflect" if pad_w < width else "replicate")  # (B, C, H, W')
-    if pad_h:
-        x = F.pad(x, (0, 0, 0, pad_h), mode="reflect" if pad_h < height else "replicate")  # (B, C, H', W')
-    return x, (int(height), int(width))
-
-
-def crop_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Undo `pad_to_multiple`: keep the top-left (H, W) of (..., H', W')."""
-    height, width = size
-    return x[..., :height, :width]
 
 
 # -- DataLoader workers ---------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from glmha.distill.data import crop_to, pad_to_multiple
+from glmha.restore.tiling import crop_to, pad_to_multiple
 
 LOWER_IS_BETTER = frozenset({"mrae", "rmse", "sam"})
 

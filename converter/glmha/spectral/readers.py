@@ -17,6 +17,7 @@ NTIRE_BANDS = 31
 SCI_BANDS = 28
 SCI_CROP = 256  # MST-L's training crop and mask size
 SCI_DIVISOR = 65536.0  # official CAVE scaling (not 65535)
+SCENE_KEYS = ("img_expand", "img")  # the official SCI reader's keys, in its order
 
 
 def _natural_key(path: Path) -> list[object]:
@@ -30,6 +31,110 @@ def minmax_normalise(rgb: np.ndarray, *, what: str) -> np.ndarray:
     if high == low:
         raise GlmhaError(f"{what}: image is constant ({low}); min-max normalisation is undefined")
     return (rgb - low) / (high - low)
+
+
+def _label(what: str, path: Path) -> str:
+    return f"{what} {path}" if what else str(path)
+
+
+def _key_list(keys: tuple[str, ...], kind: str) -> str:
+    """"no dataset 'cube'", "neither key 'img_expand' nor 'img'", "none of the keys 'a', 'b' or 'c'"."""
+    quoted = [f"'{key}'" for key in keys]
+    if len(quoted) == 1:
+        return f"no {kind} {quoted[0]}"
+    if len(quoted) == 2:
+        return f"neither {kind} {quoted[0]} nor {quoted[1]}"
+    return f"none of the {kind}s {', '.join(quoted[:-1])} or {quoted[-1]}"
+
+
+def read_v73_cube(path: Path, *, keys: tuple[str, ...] = ("cube",), bands: int | None = None,
+                  what: str = "") -> np.ndarray:
+    """The first of `keys` in a MATLAB v7.3 (HDF5) file as CHW float32, unscaled. MATLAB stores H x W x C
+    and h5py sees the axes reversed, (C, W, H). `bands` None takes any band count."""
+    import h5py
+
+    label = _label(what, path)
+    try:
+        with h5py.File(path, "r") as handle:
+            key = next((k for k in keys if k in handle), None)
+            if key is None:
+                found = ", ".join(sorted(handle)) or "none"
+                raise GlmhaError(f"{label}: {_key_list(keys, 'dataset')} (found: {found})")
+            if not isinstance(handle[key], h5py.Dataset):
+                raise GlmhaError(f"{label}: '{key}' is a MATLAB struct or cell, not a numeric array")
+            try:
+                data = np.asarray(handle[key], dtype=np.float32)
+            except (TypeError, ValueError) as exc:
+                raise GlmhaError(f"{label}: '{key}' is not a real numeric array ({exc})") from None
+    except OSError as exc:
+        raise GlmhaError(f"{label}: not a readable MATLAB v7.3 (HDF5) file ({exc})") from exc
+    if data.ndim != 3 or (bands is not None and data.shape[0] != bands):
+        expected = f"expected {bands} bands first" if bands is not None else "expected 3 axes"
+        raise GlmhaError(f"{label}: '{key}' has shape {data.shape} as stored (C, W, H); {expected}")
+    return np.ascontiguousarray(data.transpose(0, 2, 1))  # (C, W, H) -> (C, H, W)
+
+
+def load_v5_mat(path: Path, *, what: str = "") -> dict:
+    """scipy.io.loadmat with one-line errors (v7.3 files need h5py, which the official SCI code never uses)."""
+    import scipy.io
+
+    label = _label(what, path)
+    try:
+        return scipy.io.loadmat(str(path))
+    except NotImplementedError as exc:
+        raise GlmhaError(f"{label}: MATLAB v7.3 files are not supported here; save with -v7") from exc
+    except Exception as exc:  # scipy raises MatReadError, ValueError, IndexError, zlib.error, ... on bad files
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise GlmhaError(f"{label}: not a readable MATLAB file ({first})") from exc
+
+
+def read_v5_cube(path: Path, *, keys: tuple[str, ...], bands: int | None = None, what: str = "") -> np.ndarray:
+    """The first of `keys` in a MATLAB v5 file, stored (H, W, C), as a (C, H, W) float64 view, unscaled."""
+    label = _label(what, path)
+    data = load_v5_mat(path, what=what)
+    key = next((k for k in keys if k in data), None)
+    if key is None:
+        found = ", ".join(sorted(k for k in data if not k.startswith("__"))) or "none"
+        raise GlmhaError(f"{label}: {_key_list(keys, 'key')} found (found: {found})")
+    try:
+        cube = np.asarray(data[key], dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise GlmhaError(f"{label}: '{key}' is not a real numeric array ({exc})") from None
+    if cube.ndim != 3 or (bands is not None and cube.shape[2] != bands):
+        raise GlmhaError(f"{label}: '{key}' has shape {cube.shape}; expected (H, W, {bands or 'C'})")
+    return cube.transpose(2, 0, 1)  # (H, W, C) -> (C, H, W)
+
+
+def read_sci_scene(path: Path, *, bands: int = SCI_BANDS, training: bool, min_side: int = SCI_CROP) -> np.ndarray:
+    """One CASSI scene as MST-L's official code reads it: MATLAB v5, key `img_expand` if present, else `img`,
+    stored (H, W, bands), at least `min_side` (the simulation's 256 x 256 crop) on a side; divided by 65536
+    when `training` (CAVE), unscaled otherwise (the KAIST test truth). CHW float32."""
+    cube = read_v5_cube(path, keys=SCENE_KEYS, bands=bands)  # (bands, H, W) float64
+    if cube.shape[1] < min_side or cube.shape[2] < min_side:
+        raise GlmhaError(
+            f"{path}: scene is {cube.shape[1]}x{cube.shape[2]}, smaller than the CASSI simulation's "
+            f"{SCI_CROP}x{SCI_CROP} crop"
+        )
+    if training:
+        cube = cube / SCI_DIVISOR
+    return np.ascontiguousarray(cube.astype(np.float32))
+
+
+def read_mask(path: Path, *, side: int | None = SCI_CROP) -> np.ndarray:
+    """The CASSI coded aperture float32 from key `mask` of a MATLAB v5 file (TSA_simu_data/mask.mat): 256 x 256
+    for the simulation's crops; `side` None takes any 2-D size (restoring whole scenes of the mask's size)."""
+    data = load_v5_mat(path)
+    if "mask" not in data:
+        raise GlmhaError(f"{path}: no key 'mask'")
+    mask = np.asarray(data["mask"], dtype=np.float32)
+    if mask.ndim != 2:
+        raise GlmhaError(f"{path}: 'mask' must be 2-D; got shape {mask.shape}")
+    if side is not None and mask.shape != (side, side):
+        raise GlmhaError(
+            f"{path}: mask is {mask.shape[0]}x{mask.shape[1]}; the CASSI simulation needs a "
+            f"{side}x{side} mask to match its {side}x{side} crops"
+        )
+    return mask
 
 
 class Ntire2022Split:
@@ -76,21 +181,7 @@ class Ntire2022Split:
 
     def read_cube(self, name: str) -> np.ndarray:
         """Key `cube` of a MATLAB v7.3 file; h5py gives (C, W, H), returned as CHW float32, unscaled."""
-        import h5py
-
-        path = self.cube_path(name)
-        try:
-            with h5py.File(path, "r") as handle:
-                if "cube" not in handle:
-                    raise GlmhaError(f"{path}: no dataset 'cube' (found: {', '.join(sorted(handle)) or 'none'})")
-                data = np.asarray(handle["cube"], dtype=np.float32)
-        except OSError as exc:
-            raise GlmhaError(f"{path}: not a readable MATLAB v7.3 (HDF5) file ({exc})") from exc
-        if data.ndim != 3 or data.shape[0] != self.bands:
-            raise GlmhaError(
-                f"{path}: 'cube' has shape {data.shape} as stored (C, W, H); expected {self.bands} bands first"
-            )
-        return np.ascontiguousarray(data.transpose(0, 2, 1))  # (C, W, H) -> (C, H, W)
+        return read_v73_cube(self.cube_path(name), bands=self.bands)
 
     def read_rgb(self, name: str) -> np.ndarray:
         """RGB (3, H, W) float32 with one global min-max over all channels, as the official reader.
@@ -127,7 +218,7 @@ class SciScenes:
     else `img`, stored HWC.
     """
 
-    KEYS = ("img_expand", "img")
+    KEYS = SCENE_KEYS
 
     def __init__(
         self, root: str | Path, mask_path: str | Path, *, training: bool, bands: int = SCI_BANDS
@@ -151,48 +242,10 @@ class SciScenes:
     def __len__(self) -> int:
         return len(self.paths)
 
-    @staticmethod
-    def _load(path: Path) -> dict:
-        """scipy.io.loadmat with one-line errors (v7.3 files need h5py, which the official SCI code never uses)."""
-        import scipy.io
-
-        try:
-            return scipy.io.loadmat(str(path))
-        except NotImplementedError as exc:
-            raise GlmhaError(f"{path}: MATLAB v7.3 files are not supported here; save with -v7") from exc
-        except (OSError, ValueError, TypeError, scipy.io.matlab.MatReadError) as exc:
-            raise GlmhaError(f"{path}: not a readable MATLAB file ({exc})") from exc
-
     def read(self, index: int) -> np.ndarray:
         """Scene (bands, H, W) float32; /65536 when training, as stored otherwise."""
-        path = self.paths[index]
-        data = self._load(path)
-        key = next((k for k in self.KEYS if k in data), None)
-        if key is None:
-            raise GlmhaError(f"{path}: neither key 'img_expand' nor 'img' found")
-        cube = np.asarray(data[key], dtype=np.float64)
-        if cube.ndim != 3 or cube.shape[2] != self.bands:
-            raise GlmhaError(f"{path}: '{key}' has shape {cube.shape}; expected (H, W, {self.bands})")
-        if cube.shape[0] < SCI_CROP or cube.shape[1] < SCI_CROP:
-            raise GlmhaError(
-                f"{path}: scene is {cube.shape[0]}x{cube.shape[1]}, smaller than the CASSI simulation's "
-                f"{SCI_CROP}x{SCI_CROP} crop"
-            )
-        if self.training:
-            cube = cube / SCI_DIVISOR
-        return np.ascontiguousarray(cube.astype(np.float32).transpose(2, 0, 1))  # (H, W, C) -> (C, H, W)
+        return read_sci_scene(self.paths[index], bands=self.bands, training=self.training)
 
     def mask(self) -> np.ndarray:
         """The fixed coded aperture (256, 256) float32 from key `mask`."""
-        data = self._load(self.mask_path)
-        if "mask" not in data:
-            raise GlmhaError(f"{self.mask_path}: no key 'mask'")
-        mask = np.asarray(data["mask"], dtype=np.float32)
-        if mask.ndim != 2:
-            raise GlmhaError(f"{self.mask_path}: 'mask' must be 2-D; got shape {mask.shape}")
-        if mask.shape != (SCI_CROP, SCI_CROP):
-            raise GlmhaError(
-                f"{self.mask_path}: mask is {mask.shape[0]}x{mask.shape[1]}; the CASSI simulation needs a "
-                f"{SCI_CROP}x{SCI_CROP} mask to match its {SCI_CROP}x{SCI_CROP} crops"
-            )
-        return mask
+        return read_mask(self.mask_path)
