@@ -42,10 +42,10 @@ from glmha.data import (
     load_sample,
     seeded_generator,
 )
-from glmha.distill.data import crop_to, pad_to_multiple
 from glmha.errors import GlmhaError
 from glmha.io_utils import atomic_write_text, check_writable_target
 from glmha.metrics import psnr_per_image, ssim_per_image
+from glmha.restore.tiling import crop_to, pad_to_multiple
 from glmha.runtime import make_deterministic
 from glmha.teacher_training import LossLog, cosine_lr, random_dihedral_crop, run_record, save_teacher
 

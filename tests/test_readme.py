@@ -109,3 +109,47 @@ def test_readme_spectral_table_is_what_the_tiny_recipe_prints(tmp_path, monkeypa
         assert len(shown_row) == len(measured_row)
         for a, b in zip(shown_row, measured_row, strict=True):
             assert _same_cell(a, b), (shown_row[0], a, b)
+
+
+def test_readme_restore_and_export_block_runs_and_reruns(tmp_path, monkeypatch, capsys) -> None:
+    """The restore/export block of README on the shipped teacher and a converted student, on small crops."""
+    import shlex
+
+    import glmha
+    from glmha.deploy.cli import main as export_main
+    from glmha.restore.cli import main as restore_main
+
+    from conftest import load_example
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Restoring files and exporting", 1)[1].split("\n## ", 1)[0]
+    commands = [shlex.split(part) for part in _bash_blocks(section)[0].split("&&")]
+    assert [c[0] for c in commands] == ["python", "glmha-restore", "glmha-restore", "glmha-export"]
+    student = tmp_path / "student.safetensors"  # stands in for the README job's distilled student
+    teacher = glmha.load(ROOT / "checkpoints" / "restormer_denoise_s25.pth")
+    glmha.export(glmha.convert_to_glmha(teacher, ratio=0.5, progress=False)[0], student)
+    places = {"runs/restormer_denoise_s25/student.safetensors": str(student)}
+
+    def local(argument: str) -> str:
+        if argument in places:
+            return places[argument]
+        return str(tmp_path / argument) if argument.startswith("runs/") else argument
+
+    monkeypatch.chdir(ROOT)
+    for _ in range(2):  # rerunning keeps the outputs and prints the same scores
+        write = [local(a) for a in commands[0][2:]] + ["--size", "64"]  # 64x64 crops: a fast test
+        assert load_example("write_noisy_photos").main(write) == 0
+        for command in commands[1:3]:
+            assert restore_main([local(a) for a in command[1:]] + ["--no-progress", "--tile", "32"]) == 0
+        printed = capsys.readouterr().out
+        assert printed.count("mean  PSNR") == 2
+    assert "kept (exists)" in printed
+    for folder in ("teacher", "student"):
+        rows = (tmp_path / "runs" / "restored" / folder / "metrics.csv").read_text().splitlines()
+        assert rows[0] == "file,output,truth,psnr,ssim" and len(rows) == 5
+        assert float(rows[-1].split(",")[3]) > 25  # denoised 64x64 crops at sigma 25
+    export = [local(a) for a in commands[3][1:]]
+    export[export.index("--format") + 1] = "torch-export"  # the faster exporter; ONNX has its own tests
+    export[export.index("-o") + 1] = str(tmp_path / "student.pt2")
+    assert export_main(export) == 0
+    assert (tmp_path / "student.pt2").stat().st_size > 0
