@@ -116,7 +116,6 @@ def test_readme_restore_and_export_block_runs_and_reruns(tmp_path, monkeypatch, 
     import shlex
 
     import glmha
-    from glmha.deploy.cli import main as export_main
     from glmha.restore.cli import main as restore_main
 
     from conftest import load_example
@@ -140,7 +139,8 @@ def test_readme_restore_and_export_block_runs_and_reruns(tmp_path, monkeypatch, 
         write = [local(a) for a in commands[0][2:]] + ["--size", "64"]  # 64x64 crops: a fast test
         assert load_example("write_noisy_photos").main(write) == 0
         for command in commands[1:3]:
-            assert restore_main([local(a) for a in command[1:]] + ["--no-progress", "--tile", "32"]) == 0
+            small_tiles = ["--no-progress", "--tile", "32", "--overlap", "8"]
+            assert restore_main([local(a) for a in command[1:]] + small_tiles) == 0
         printed = capsys.readouterr().out
         assert printed.count("mean  PSNR") == 2
     assert "kept (exists)" in printed
@@ -148,8 +148,8 @@ def test_readme_restore_and_export_block_runs_and_reruns(tmp_path, monkeypatch, 
         rows = (tmp_path / "runs" / "restored" / folder / "metrics.csv").read_text().splitlines()
         assert rows[0] == "file,output,truth,psnr,ssim" and len(rows) == 5
         assert float(rows[-1].split(",")[3]) > 25  # denoised 64x64 crops at sigma 25
-    export = [local(a) for a in commands[3][1:]]
-    export[export.index("--format") + 1] = "torch-export"  # the faster exporter; ONNX has its own tests
-    export[export.index("-o") + 1] = str(tmp_path / "student.pt2")
-    assert export_main(export) == 0
-    assert (tmp_path / "student.pt2").stat().st_size > 0
+    # the export's arguments parse as written; exporting is tested in tests/test_deploy_export.py (slow here)
+    from glmha.deploy.cli import build_parser
+
+    export = build_parser().parse_args([local(a) for a in commands[3][1:]])
+    assert (export.format, export.model) == ("onnx", str(student))

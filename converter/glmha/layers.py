@@ -103,11 +103,25 @@ def max_pool_to_grid(x: torch.Tensor, grid: int) -> torch.Tensor:
     """Max pooling of (b, C, h, w) to (b, C, min(grid, h), min(grid, w)) cells as
     `adaptive_max_pool2d` defines them; a fast two-step reduction when the cells tile the map."""
     b, c, h, w = x.shape
-    gh, gw = min(grid, h), min(grid, w)
-    if x.is_contiguous() and h % gh == 0 and w % gw == 0:
-        rows = x.view(b, c, gh, h // gh, w).amax(dim=3)  # (b, C, gh, w): max over each band of rows
-        return rows.view(b, c, gh, gw, w // gw).amax(dim=-1)  # (b, C, gh, gw)
-    return F.adaptive_max_pool2d(x, (gh, gw))
+    if torch.compiler.is_exporting():  # one path for all sizes: export sizes keep h, w multiples of the grid
+        gh = gw = grid
+        x = x.contiguous()  # the same maxima as the adaptive pooling of a strided view
+    else:
+        gh, gw = min(grid, h), min(grid, w)
+        if not (x.is_contiguous() and h % gh == 0 and w % gw == 0):
+            return F.adaptive_max_pool2d(x, (gh, gw))
+    rows = x.view(b, c, gh, h // gh, w).amax(dim=3)  # (b, C, gh, w): max over each band of rows
+    return rows.view(b, c, gh, gw, w // gw).amax(dim=-1)  # (b, C, gh, gw)
+
+
+def export_grid(model: nn.Module) -> int:
+    """What the sides of a GLMHA layer's input must be multiples of for one pooling path to serve every size
+    in an exported program (glmha.deploy): the calibration nets' grid (or pooling window); 1 without any."""
+    cells = 1
+    for module in model.modules():
+        if isinstance(module, CalibrationNet):
+            cells = math.lcm(cells, module.grid or module.pool)
+    return cells
 
 
 class CalibrationNet(nn.Module):
@@ -157,7 +171,7 @@ class FoldedLinear(nn.Linear):
         if scale is None:
             return F.linear(x, self.weight, self.bias)
         weight = self.weight.unsqueeze(0) * scale.unsqueeze(1)  # (b, out, C)
-        if x.shape[0] == 1:
+        if not torch.compiler.is_exporting() and x.shape[0] == 1:  # exported: one path for every batch
             return F.linear(x, weight[0], self.bias)
         out = torch.bmm(x, weight.transpose(1, 2))  # (b, N, C) x (b, C, out) -> (b, N, out)
         return out if self.bias is None else out + self.bias
@@ -171,7 +185,8 @@ def folded_pointwise_conv(x: torch.Tensor, conv: nn.Conv2d, scale: torch.Tensor 
         return conv(x)
     b, c, h, w = x.shape
     out = conv.out_channels
-    if h * w < FOLD_MIN_PIXELS_PER_OUTPUT * out:
+    # exported programs: the scaled map for every size and batch (ONNX has no per-batch groups); the same maths
+    if torch.compiler.is_exporting() or h * w < FOLD_MIN_PIXELS_PER_OUTPUT * out:
         return conv(x * scale.view(b, c, 1, 1))
     weight = conv.weight.view(1, out, c) * scale.unsqueeze(1)  # (b, out, C)
     if b == 1:

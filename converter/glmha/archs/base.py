@@ -20,7 +20,7 @@ from torch import nn
 
 from glmha.config import StrictConfig
 from glmha.errors import ArchitectureError, GlmhaError, InputShapeError
-from glmha.layers import CSALayer
+from glmha.layers import CSALayer, export_grid
 from glmha.record import ORIGINAL, ModelRecord
 
 
@@ -45,6 +45,16 @@ SNAPSHOT_COMPRESSIVE_IMAGING = Task("snapshot compressive imaging", ("sci",), Tr
 
 
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
+
+
+@dataclass(frozen=True)
+class ExportSizes:
+    """Which input sizes a program exported from a model (torch.export, ONNX) takes; its batch is always
+    dynamic. Tracing keeps a side symbolic only where the forward pass computes with it symbolically, so
+    this can be narrower than what the PyTorch model takes (check_input_size)."""
+
+    multiple: int  # height and width stay dynamic in multiples of this
+    static: tuple[int, int] | None = None  # or: one (height, width), fixed at export (this one by default)
 
 
 class RestorationModel(nn.Module):
@@ -98,6 +108,12 @@ class RestorationModel(nn.Module):
     def size_multiple(self) -> int:
         """Whole images are padded to a multiple of this before the forward pass (1: any size)."""
         return 2**self.downsamplings
+
+    @property
+    def export_sizes(self) -> ExportSizes:
+        """Input sizes of an exported program (glmha.deploy): height and width dynamic in multiples of
+        `size_multiple`, times the grid GLMHA layers pool to (so every level's side is a multiple of it)."""
+        return ExportSizes(multiple=self.size_multiple * export_grid(self))
 
     def grey_or_rgb(self, rgb: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Offline calibration photographs (b, 3, h, w) as this model's input: RGB, or the luminance for a

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from glmha.archs.base import SNAPSHOT_COMPRESSIVE_IMAGING, RestorationModel, shape_of, unet_level
+from glmha.archs.base import SNAPSHOT_COMPRESSIVE_IMAGING, ExportSizes, RestorationModel, shape_of, unet_level
 from glmha.archs.ms_msa import MASKED_SPECTRAL_ADAPTER
 from glmha.archs.spectral_blocks import (
     SHIFT_REFERENCE,
@@ -181,6 +181,12 @@ class MST(SpectralUNet, RestorationModel):
     @property
     def size_multiple(self) -> int:
         return 2**self.config.stage
+
+    @property
+    def export_sizes(self) -> ExportSizes:
+        """One size, 256x256 unless chosen: the shift-back computes its offsets from the height as plain
+        numbers, so a traced program holds them for the size it was traced at."""
+        return ExportSizes(multiple=self.size_multiple, static=(SHIFT_REFERENCE, SHIFT_REFERENCE))
 
     def example_inputs(self, height, width, *, batch=1, device="cpu", dtype=torch.float32):
         self.check_input_size(height, width)

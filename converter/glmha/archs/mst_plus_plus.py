@@ -16,11 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glmha.archs.base import RGB_TO_SPECTRUM, RestorationModel, count_indices, shape_of, unet_level
+from glmha.archs.base import RGB_TO_SPECTRUM, ExportSizes, RestorationModel, count_indices, shape_of, unet_level
 from glmha.archs.ms_msa import SPECTRAL_ADAPTER
 from glmha.archs.spectral_blocks import SpectralUNet, block_output, unet_block_counts
 from glmha.config import StrictConfig
 from glmha.errors import ArchitectureError, InputShapeError
+from glmha.layers import export_grid
 
 PAD_MULTIPLE = 8
 CALIBRATION_SEED = 7000  # synthetic calibration scenes: seeds 7000, 7001, ...
@@ -126,6 +127,12 @@ class MSTPlusPlus(RestorationModel):
             stage=count_indices(keys, "body"),
             stage_blocks=unet_block_counts(keys, "body.0."),
         )
+
+    @property
+    def export_sizes(self) -> ExportSizes:
+        """Multiples of 8 (times the GLMHA grid, as for every family): the padding depends on height % 8, which
+        tracing cannot keep symbolic; at multiples of 8 it pads nothing, for every such size alike."""
+        return ExportSizes(multiple=PAD_MULTIPLE * export_grid(self))
 
     def check_input_size(self, height: int, width: int) -> None:
         # reflect padding needs the pad (up to 7) to be smaller than the side

@@ -85,6 +85,9 @@ def _run(args: argparse.Namespace) -> int:
     outdir = Path(args.output)
     jobs = plan_jobs(args.inputs, outdir, kind, truth=args.gt, existing=existing)
     restorer = Restorer(model, device, args.precision, tiles)
+    if device.type == "cpu" and args.precision != "fp32":
+        print(f"note: --precision {args.precision} on a CPU without native support is usually much slower than "
+              f"fp32 (bench/RESULTS.md measured 11-17x); it is meant for GPUs", file=sys.stderr)
     create_folder(outdir, what="-o")
     where = f"{device}, {args.precision}" + (f", tiles {tiles.tile} overlap {tiles.overlap}" if tiles else "")
     what = "converted (GLMHA)" if model.record.converted else "original"
