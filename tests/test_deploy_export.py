@@ -230,7 +230,7 @@ def run_failing(argv: list[str], capsys, expected: int = 1) -> str:
     ("sizes malformed", "expected HxW or BxHxW sizes"),
     ("opset without onnx", "--opset is for --format onnx only"),
     ("opset too old", "--opset 17: torch.onnx's exporter writes opset 18 or later"),
-    ("device unknown", "--device tpu: expected cpu, cuda or cuda:N"),
+    ("device unknown", "--device must be auto, cpu, cuda or cuda:N; got 'tpu'"),
 ])
 def test_cli_errors_are_one_line(case: str, message: str, restormer_file: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "out.pt2"

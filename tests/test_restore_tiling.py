@@ -12,8 +12,9 @@ from torch import nn
 import glmha
 from glmha.errors import GlmhaError
 from glmha.restore.memory import PeakTensorMemory
-from glmha.restore.runner import Restorer, choose_device, precision_dtype
+from glmha.restore.runner import Restorer, precision_dtype
 from glmha.restore.tiling import TileSettings, edge_ramp, plan_tiles, run_tiled, tile_starts
+from glmha.runtime import choose_device
 
 from conftest import tiny_model
 

@@ -15,6 +15,8 @@ import sys
 
 import torch
 
+from glmha.errors import GlmhaError
+
 
 class single_thread(contextlib.ContextDecorator):
     def __enter__(self) -> single_thread:
@@ -57,3 +59,22 @@ def tune_allocator() -> bool:
     trim_threshold, top_pad, mmap_threshold = -1, -2, -3  # mallopt parameter numbers (malloc.h)
     return all(libc.mallopt(option, value) == 1 for option, value in (
         (mmap_threshold, 32 << 20), (trim_threshold, (1 << 31) - 1), (top_pad, 256 << 20)))
+
+
+def choose_device(name: str) -> torch.device:
+    """`auto` (CUDA when available, else CPU), `cpu`, `cuda` or `cuda:N`; anything unavailable is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise GlmhaError(f"--device must be auto, cpu, cuda or cuda:N; got {name!r}") from None
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise GlmhaError(f"--device must be auto, cpu, cuda or cuda:N; got {name!r}")
+    if not torch.cuda.is_available():
+        raise GlmhaError(f"--device {name}: this machine (or this PyTorch build) has no CUDA device")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise GlmhaError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return device

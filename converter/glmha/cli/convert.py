@@ -22,6 +22,7 @@ import torch
 
 from glmha.archs import FAMILIES, RestorationModel
 from glmha.checkpoint import check_readable
+from glmha.cli import run_command
 from glmha.convert.api import analyse
 from glmha.convert.calibration import default_calibration
 from glmha.convert.initialise import CALIBRATED_INITS, INIT_METHODS
@@ -126,14 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return _run(args)
-    except GlmhaError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)  # every temporary file and new empty folder is gone
-        return 130
+    return run_command(PROG, lambda: _run(args))  # interrupted: every temporary file and new empty folder is gone
 
 
 @dataclass

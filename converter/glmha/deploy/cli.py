@@ -13,17 +13,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-import torch
-
 from glmha.checkpoint import check_readable
+from glmha.cli import run_command
 from glmha.deploy.export import check_opset, export_model, parse_sizes, require_onnx
 from glmha.errors import GlmhaError
 from glmha.io_utils import check_writable_target, path_status
 from glmha.loader import load
+from glmha.runtime import choose_device
 
 PROG = "glmha-export"
-EXIT_ERROR = 1  # as every glmha command; argparse's usage errors exit 2
-EXIT_USAGE = 2
+EXIT_USAGE = 2  # argparse's status for usage errors; other errors exit 1 as in every glmha command
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -57,14 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return _run(args)
-    except GlmhaError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; nothing written", file=sys.stderr)  # the temporary file is gone
-        return 130
+    return run_command(PROG, lambda: _run(args), interrupted="interrupted; nothing written")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -80,7 +72,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.format == "onnx":
         require_onnx()
         check_opset(args.opset)
-    device = _device(args.device)
+    device = choose_device(args.device)
     model = load(args.model).to(device)
     converted = " (converted by glmha)" if model.record.converted else ""
     print(f"{PROG}: {args.model}: {model.title}{converted}, exporting as {args.format} on {device}", flush=True)
@@ -88,20 +80,6 @@ def _run(args: argparse.Namespace) -> int:
                           log=lambda line: print(line, flush=True))
     print("\n".join(report.summary()))
     return 0
-
-
-def _device(text: str) -> torch.device:
-    try:
-        device = torch.device(text)
-    except RuntimeError:
-        raise GlmhaError(f"--device {text}: expected cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise GlmhaError(f"--device {text}: expected cpu, cuda or cuda:N")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise GlmhaError(f"--device {text}: no CUDA device is available")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise GlmhaError(f"--device {text}: there are {torch.cuda.device_count()} CUDA devices")
-    return device
 
 
 if __name__ == "__main__":

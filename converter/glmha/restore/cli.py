@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from glmha.cli import run_command
 from glmha.errors import GlmhaError
 
 PROG = "glmha-restore"
@@ -52,15 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return _run(args)
-    except GlmhaError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; the files written so far are complete (rerun with --skip-existing)",
-              file=sys.stderr)
-        return 130
+    kept = "interrupted; the files written so far are complete (rerun with --skip-existing)"
+    return run_command(PROG, lambda: _run(args), interrupted=kept)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -68,8 +62,9 @@ def _run(args: argparse.Namespace) -> int:
     from glmha.io_utils import atomic_write_text, create_folder
     from glmha.restore.jobs import mean_scores, plan_jobs, run_jobs
     from glmha.restore.kinds import file_kind
-    from glmha.restore.runner import Restorer, choose_device
+    from glmha.restore.runner import Restorer
     from glmha.restore.tiling import TileSettings
+    from glmha.runtime import choose_device
 
     device = choose_device(args.device)
     if device.type == "cpu":

@@ -21,25 +21,6 @@ from glmha.restore.tiling import TileSettings, crop_to, pad_to_multiple, run_til
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def choose_device(name: str) -> torch.device:
-    """`auto` (CUDA when available, else CPU), `cpu`, `cuda` or `cuda:N`; anything unavailable is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise GlmhaError(f"--device must be auto, cpu, cuda or cuda:N; got {name!r}") from None
-    if device.type == "cpu":
-        return device
-    if device.type != "cuda":
-        raise GlmhaError(f"--device must be auto, cpu, cuda or cuda:N; got {name!r}")
-    if not torch.cuda.is_available():
-        raise GlmhaError(f"--device {name}: this machine (or this PyTorch build) has no CUDA device")
-    if device.index is not None and device.index >= torch.cuda.device_count():
-        raise GlmhaError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
-    return device
-
-
 def precision_dtype(name: str) -> torch.dtype:
     if name not in PRECISIONS:
         raise GlmhaError(f"--precision must be one of {', '.join(PRECISIONS)}; got {name!r}")
