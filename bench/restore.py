@@ -157,7 +157,7 @@ class _Forward(torch.nn.Module):
     def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], model: RestorationModel) -> None:
         super().__init__()
         self._forward = forward
-        self.size_multiple = model.size_multiple
+        self.size_multiple = model.export_sizes.multiple  # what the exported graph takes (converted: larger)
         self.title = model.title
         self.check_input_size = model.check_input_size
 

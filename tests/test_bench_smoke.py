@@ -57,3 +57,16 @@ def test_layer_parts_bench_smoke(capsys) -> None:
     assert "| part (ms per call) | C=16, 2 heads, 16x16 |" in out
     for row in ("| calibration net |", "| GLMHA, alpha 0 |", "| GLMHA / CSA MACs (b) |"):
         assert row in out
+
+
+def test_restore_bench_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "restore.json"
+    restore = _bench("restore")
+    assert restore.main(["--smoke", "--models", "retinexformer_lowlight", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["model"], r["size"], r["mode"]) for r in rows] == [
+        ("retinexformer_lowlight", 48, "whole"), ("retinexformer_lowlight", 48, "tiled")]
+    for row in rows:
+        assert row["original_images_per_s"] > 0 and row["converted_images_per_s"] > 0
+        assert row["original_peak_mib"] > 0 and row["converted_peak_mib"] > 0
+    assert rows[1]["original_peak_mib"] < rows[0]["original_peak_mib"]  # 32-pixel tiles of a 48x48 image

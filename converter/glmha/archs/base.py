@@ -9,6 +9,7 @@ adding one is one module and one line in glmha.archs' registry.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -112,8 +113,8 @@ class RestorationModel(nn.Module):
     @property
     def export_sizes(self) -> ExportSizes:
         """Input sizes of an exported program (glmha.deploy): height and width dynamic in multiples of
-        `size_multiple`, times the grid GLMHA layers pool to (so every level's side is a multiple of it)."""
-        return ExportSizes(multiple=self.size_multiple * export_grid(self))
+        `size_multiple` and, in converted models, of the grid GLMHA layers pool to at every level."""
+        return ExportSizes(multiple=math.lcm(self.size_multiple, 2**self.downsamplings * export_grid(self)))
 
     def grey_or_rgb(self, rgb: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Offline calibration photographs (b, 3, h, w) as this model's input: RGB, or the luminance for a
