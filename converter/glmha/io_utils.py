@@ -30,7 +30,8 @@ _TEMP_SUFFIX = ".tmp"
 _RANDOM_PART = r"[a-z0-9_]{8}"  # what tempfile.mkstemp puts between prefix and suffix
 
 
-def _label(what: str, path: Path) -> str:
+def file_label(what: str, path: Path) -> str:
+    """How messages name a file: "<what> <path>", or the path alone when `what` is empty."""
     return f"{what} {path}" if what else str(path)
 
 
@@ -59,7 +60,7 @@ def path_status(path: str | Path, *, what: str = "") -> os.stat_result | None:
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as error:
-        raise GlmhaError(f"{_label(what, path)}: {_lookup_problem(error)}") from None
+        raise GlmhaError(f"{file_label(what, path)}: {_lookup_problem(error)}") from None
 
 
 def _lookup_problem(error: OSError) -> str:
@@ -133,9 +134,9 @@ class PendingFile:
         self.what = what
         status = path_status(self.path, what=what)
         if status is not None and stat.S_ISDIR(status.st_mode):
-            raise GlmhaError(f"{_label(what, self.path)}: is a directory")
+            raise GlmhaError(f"{file_label(what, self.path)}: is a directory")
         if status is not None and not stat.S_ISREG(status.st_mode):  # never rename over a device, pipe, socket
-            raise GlmhaError(f"{_label(what, self.path)}: is not a regular file")
+            raise GlmhaError(f"{file_label(what, self.path)}: is not a regular file")
         self.parent = self.path.parent if str(self.path.parent) else Path(".")
         remove_stale_temporaries(self.path)
         self._fd, self.tmp = self._create()
@@ -149,7 +150,7 @@ class PendingFile:
                 problem = _folder_problem(error, self.parent)
                 if error.errno == errno.ENAMETOOLONG:
                     problem += " (the temporary file written first adds 14 characters to it)"
-                raise GlmhaError(f"{_label(self.what, self.path)}: {problem}") from None
+                raise GlmhaError(f"{file_label(self.what, self.path)}: {problem}") from None
             with contextlib.suppress(OSError):  # no locks here (some network file systems): no cleanup either
                 fcntl.flock(fd, fcntl.LOCK_EX)
             try:
@@ -158,12 +159,13 @@ class PendingFile:
             except FileNotFoundError:
                 pass
             os.close(fd)
-        raise GlmhaError(f"{_label(self.what, self.path)}: its temporary file keeps disappearing in {self.parent}")
+        raise GlmhaError(f"{file_label(self.what, self.path)}: its temporary file keeps disappearing in "
+                         f"{self.parent}")
 
     def commit(self, write: Callable[[Path], None]) -> None:
         """`write(tmp)`, give the file the usual mode, flush it to disk and rename it over `path`."""
         if self._fd is None:
-            raise GlmhaError(f"{_label(self.what, self.path)}: already written or discarded")
+            raise GlmhaError(f"{file_label(self.what, self.path)}: already written or discarded")
         try:
             write(self.tmp)
             umask = os.umask(0)
@@ -214,13 +216,13 @@ def create_folder(folder: str | Path, *, what: str = "folder") -> list[Path]:
     folder = Path(folder)
     status = path_status(folder, what=what)
     if status is not None and not stat.S_ISDIR(status.st_mode):
-        raise GlmhaError(f"{_label(what, folder)}: exists and is not a folder")
+        raise GlmhaError(f"{file_label(what, folder)}: exists and is not a folder")
     created = [p for p in (*reversed(folder.parents), folder) if path_status(p, what=what) is None]
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         remove_empty_folders([p for p in created if p.is_dir()])
-        raise GlmhaError(f"{_label(what, folder)}: cannot be created ({error.strerror or error})") from None
+        raise GlmhaError(f"{file_label(what, folder)}: cannot be created ({error.strerror or error})") from None
     try:
         _prove_writable(folder, what)
     except GlmhaError:
@@ -234,7 +236,7 @@ def _prove_writable(folder: Path, what: str) -> None:
     try:
         fd, name = tempfile.mkstemp(prefix=".glmha-write-test.", suffix=_TEMP_SUFFIX, dir=folder)
     except OSError as error:
-        raise GlmhaError(f"{_label(what, folder)}: {_folder_problem(error, folder)}") from None
+        raise GlmhaError(f"{file_label(what, folder)}: {_folder_problem(error, folder)}") from None
     os.close(fd)
     os.unlink(name)
 

@@ -24,6 +24,7 @@ SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 SSIM_K1 = 0.01
 SSIM_K2 = 0.03
+IMAGE_METRICS: tuple[str, ...] = ("psnr", "ssim")  # what image models are scored by
 
 
 def _check_pair(pred: torch.Tensor, target: torch.Tensor, what: str) -> None:

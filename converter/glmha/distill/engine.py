@@ -45,8 +45,6 @@ from glmha.distill.evaluate import Evaluator, Scores
 from glmha.distill.losses import FeatureTap, distance_fn, feature_loss, feature_points
 from glmha.distill.optim import build_optimizer, build_scheduler, select_trainable
 from glmha.distill.recipe import (
-    IMAGE_METRICS,
-    SPECTRAL_METRICS,
     Recipe,
     RecipeError,
     SourceSection,
@@ -60,7 +58,9 @@ from glmha.errors import GlmhaError
 from glmha.exports import export_model
 from glmha.io_utils import sha256_file
 from glmha.layers import changed_layers
+from glmha.metrics import IMAGE_METRICS
 from glmha.report import describe
+from glmha.spectral.metrics import SPECTRAL_METRICS
 
 STUDENT_FILE = "student.safetensors"
 LOG_FILE = "log.csv"

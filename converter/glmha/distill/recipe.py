@@ -27,8 +27,6 @@ from glmha.layers import GLMHASettings
 
 RECIPE_VERSION = 1
 SAMPLE_SPLITS = ("train", "test")
-IMAGE_METRICS = ("psnr", "ssim")
-SPECTRAL_METRICS = ("mrae", "rmse", "psnr", "sam")
 METRICS = ("psnr", "ssim", "mrae", "rmse", "sam")
 
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from glmha.data.image_folder import IMAGE_SUFFIXES, SIXTEEN_BIT_MODES, _failure
 from glmha.errors import GlmhaError
-from glmha.io_utils import PendingFile, path_status
+from glmha.io_utils import PendingFile, file_label, path_status
 from glmha.restore import png
 from glmha.spectral.readers import read_sci_scene, read_v5_cube, read_v73_cube
 
@@ -377,7 +377,7 @@ def read_scene_mat(path: Path, *, bands: int) -> np.ndarray:
 
 
 def _require_file(path: Path, what: str) -> None:
-    label = f"{what} {path}" if what else str(path)
+    label = file_label(what, path)
     if path_status(path, what=what) is None:
         raise GlmhaError(f"{label}: does not exist")
 

@@ -25,9 +25,9 @@ import torch
 from glmha.archs import RestorationModel
 from glmha.data.image_folder import IMAGE_SUFFIXES
 from glmha.errors import GlmhaError
+from glmha.metrics import IMAGE_METRICS
+from glmha.spectral.metrics import SPECTRAL_METRICS
 
-IMAGE_METRICS = ("psnr", "ssim")
-SPECTRAL_METRICS = ("mrae", "rmse", "psnr", "sam")
 MAT_SUFFIXES = (".mat",)
 
 

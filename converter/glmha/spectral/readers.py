@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from glmha.errors import GlmhaError
+from glmha.io_utils import file_label
 
 NTIRE_BANDS = 31
 SCI_BANDS = 28
@@ -33,10 +34,6 @@ def minmax_normalise(rgb: np.ndarray, *, what: str) -> np.ndarray:
     return (rgb - low) / (high - low)
 
 
-def _label(what: str, path: Path) -> str:
-    return f"{what} {path}" if what else str(path)
-
-
 def _key_list(keys: tuple[str, ...], kind: str) -> str:
     """"no dataset 'cube'", "neither key 'img_expand' nor 'img'", "none of the keys 'a', 'b' or 'c'"."""
     quoted = [f"'{key}'" for key in keys]
@@ -53,7 +50,7 @@ def read_v73_cube(path: Path, *, keys: tuple[str, ...] = ("cube",), bands: int |
     and h5py sees the axes reversed, (C, W, H). `bands` None takes any band count."""
     import h5py
 
-    label = _label(what, path)
+    label = file_label(what, path)
     try:
         with h5py.File(path, "r") as handle:
             key = next((k for k in keys if k in handle), None)
@@ -78,7 +75,7 @@ def load_v5_mat(path: Path, *, what: str = "") -> dict:
     """scipy.io.loadmat with one-line errors (v7.3 files need h5py, which the official SCI code never uses)."""
     import scipy.io
 
-    label = _label(what, path)
+    label = file_label(what, path)
     try:
         return scipy.io.loadmat(str(path))
     except NotImplementedError as exc:
@@ -90,7 +87,7 @@ def load_v5_mat(path: Path, *, what: str = "") -> dict:
 
 def read_v5_cube(path: Path, *, keys: tuple[str, ...], bands: int | None = None, what: str = "") -> np.ndarray:
     """The first of `keys` in a MATLAB v5 file, stored (H, W, C), as a (C, H, W) float64 view, unscaled."""
-    label = _label(what, path)
+    label = file_label(what, path)
     data = load_v5_mat(path, what=what)
     key = next((k for k in keys if k in data), None)
     if key is None:
